@@ -1,0 +1,10 @@
+// Package caddysmtp pulls in the smtp app and every module of caddy-smtp, so
+// that `xcaddy build --with github.com/caddy-smtp/caddy-smtp` gets them all.
+package caddysmtp
+
+import (
+	_ "github.com/caddy-smtp/caddy-smtp/caddyfile"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/maildir"
+	_ "github.com/caddy-smtp/caddy-smtp/smtpapp"
+)

@@ -1,0 +1,118 @@
+// Package authtable is the account table that the accounts providers
+// (smtp.auth.static, smtp.auth.file) share. It is not a module.
+package authtable
+
+import (
+	"fmt"
+	"strings"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/caddy-smtp/caddy-smtp/smtpapp"
+)
+
+// Account is one local mail account.
+type Account struct {
+	// Address is the account's address; it is also the login name.
+	Address string `json:"address"`
+	// Password is a bcrypt hash (make one with `caddy hash-password
+	// --algorithm bcrypt`). An account without one cannot log in but
+	// still receives mail.
+	Password string `json:"password,omitempty"`
+	// Aliases are more addresses whose mail this account receives and
+	// which it may use as sender.
+	Aliases []string `json:"aliases,omitempty"`
+	// SendAs are further sender addresses the account may use without
+	// receiving their mail.
+	SendAs []string `json:"send_as,omitempty"`
+}
+
+// Table is an in-memory accounts table, shared by the accounts providers.
+type Table struct {
+	hashes map[string][]byte            // account -> bcrypt hash
+	routes map[string]string            // address or alias -> account
+	sendAs map[string]map[string]bool   // account -> extra senders
+}
+
+// dummyHash makes a failed login for an unknown user cost the same bcrypt
+// work as a wrong password, so timing does not reveal which accounts exist.
+var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("caddy-smtp timing equaliser"), bcrypt.DefaultCost)
+
+// New checks accounts and builds a Table; field names the config
+// field in errors.
+func New(accounts []Account, field string) (*Table, error) {
+	t := &Table{hashes: map[string][]byte{}, routes: map[string]string{}, sendAs: map[string]map[string]bool{}}
+	for i, a := range accounts {
+		addr, err := canonical(a.Address)
+		if err != nil {
+			return nil, fmt.Errorf("%s[%d].address: %v", field, i, err)
+		}
+		if _, dup := t.routes[addr]; dup {
+			return nil, fmt.Errorf("%s[%d].address: %s is defined twice", field, i, addr)
+		}
+		t.routes[addr] = addr
+		if a.Password != "" {
+			if _, err := bcrypt.Cost([]byte(a.Password)); err != nil {
+				return nil, fmt.Errorf("%s[%d].password: not a bcrypt hash: %v", field, i, err)
+			}
+			t.hashes[addr] = []byte(a.Password)
+		}
+		for j, al := range a.Aliases {
+			alias, err := canonical(al)
+			if err != nil {
+				return nil, fmt.Errorf("%s[%d].aliases[%d]: %v", field, i, j, err)
+			}
+			if other, dup := t.routes[alias]; dup {
+				return nil, fmt.Errorf("%s[%d].aliases[%d]: %s already belongs to %s", field, i, j, alias, other)
+			}
+			t.routes[alias] = addr
+		}
+		for j, sa := range a.SendAs {
+			sender, err := canonical(sa)
+			if err != nil {
+				return nil, fmt.Errorf("%s[%d].send_as[%d]: %v", field, i, j, err)
+			}
+			if t.sendAs[addr] == nil {
+				t.sendAs[addr] = map[string]bool{}
+			}
+			t.sendAs[addr][sender] = true
+		}
+	}
+	return t, nil
+}
+
+func canonical(address string) (string, error) {
+	a, err := smtpapp.ParseAddress(strings.TrimSpace(address))
+	if err != nil {
+		return "", fmt.Errorf("%q is not a valid address", address)
+	}
+	return strings.ToLower(a.Local) + "@" + a.Domain, nil
+}
+
+// Authenticate checks username (an account address) and password.
+func (t *Table) Authenticate(username, password string) (string, error) {
+	account, err := canonical(username)
+	hash, ok := t.hashes[account]
+	if err != nil || !ok {
+		bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		return "", smtpapp.ErrAuthFailed
+	}
+	if bcrypt.CompareHashAndPassword(hash, []byte(password)) != nil {
+		return "", smtpapp.ErrAuthFailed
+	}
+	return account, nil
+}
+
+// Lookup returns the account that receives mail for address.
+func (t *Table) Lookup(address string) (string, error) {
+	if acct, ok := t.routes[strings.ToLower(address)]; ok {
+		return acct, nil
+	}
+	return "", smtpapp.ErrNoSuchUser
+}
+
+// MaySendAs reports whether account may use address as sender.
+func (t *Table) MaySendAs(account, address string) bool {
+	return t.sendAs[account][strings.ToLower(address)]
+}
+

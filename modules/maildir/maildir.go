@@ -1,0 +1,234 @@
+// Package maildir is the smtp.delivery.maildir module: it stores mail in
+// Maildirs laid out <root>/<domain>/<local part>/{tmp,new,cur}, the layout
+// Dovecot reads (junk in the Maildir++ folder .Junk).
+package maildir
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
+
+	"github.com/caddy-smtp/caddy-smtp/smtpapp"
+)
+
+func init() {
+	caddy.RegisterModule(Maildir{})
+}
+
+// Maildir delivers to local Maildirs. A message is written to tmp/, synced,
+// renamed into new/ and the folder synced, before delivery reports success.
+type Maildir struct {
+	// Root is the folder that holds one folder per domain. Required.
+	// Placeholders like {env.HOME} are replaced.
+	Root string `json:"root,omitempty"`
+
+	// JunkFolder is the Maildir++ folder for messages tagged as spam.
+	// Default: Junk.
+	JunkFolder string `json:"junk_folder,omitempty"`
+
+	root     string
+	hostname string
+	logger   *zap.Logger
+}
+
+var seq atomic.Uint64
+
+// CaddyModule returns the Caddy module information.
+func (Maildir) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "smtp.delivery.maildir", New: func() caddy.Module { return new(Maildir) }}
+}
+
+// Provision checks the config and creates the root.
+func (m *Maildir) Provision(ctx caddy.Context) error {
+	m.logger = ctx.Logger()
+	if m.Root == "" {
+		return fmt.Errorf("root: the Maildir root folder is required")
+	}
+	m.root = filepath.Clean(caddy.NewReplacer().ReplaceKnown(m.Root, ""))
+	if err := os.MkdirAll(m.root, 0o700); err != nil {
+		return fmt.Errorf("root: %v", err)
+	}
+	if m.JunkFolder == "" {
+		m.JunkFolder = "Junk"
+	}
+	if strings.ContainsAny(m.JunkFolder, "/\\") || strings.HasPrefix(m.JunkFolder, ".") {
+		return fmt.Errorf("junk_folder: %q must be a plain folder name", m.JunkFolder)
+	}
+	h, _ := os.Hostname()
+	m.hostname = strings.NewReplacer("/", `\057`, ":", `\072`).Replace(h)
+	return nil
+}
+
+// Path returns the Maildir of a mailbox (canonical address), and whether
+// the address makes a safe path.
+func (m *Maildir) Path(mailbox string, junk bool) (string, error) {
+	at := strings.LastIndexByte(mailbox, '@')
+	if at <= 0 {
+		return "", fmt.Errorf("mailbox %q has no domain", mailbox)
+	}
+	local, domain := strings.ToLower(mailbox[:at]), strings.ToLower(mailbox[at+1:])
+	for _, part := range []string{local, domain} {
+		if part == "" || strings.HasPrefix(part, ".") || strings.ContainsAny(part, "/\\\x00") {
+			return "", fmt.Errorf("mailbox %q does not make a safe folder name", mailbox)
+		}
+	}
+	p := filepath.Join(m.root, domain, local)
+	if junk {
+		p = filepath.Join(p, "."+m.JunkFolder)
+	}
+	return p, nil
+}
+
+// Deliver stores msg once per distinct mailbox among the recipients.
+func (m *Maildir) Deliver(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp.Message) error {
+	type pending struct{ tmp, dst, dir string }
+	var done []pending
+	cleanup := func() {
+		for _, p := range done {
+			os.Remove(p.tmp)
+		}
+	}
+	seen := map[string]bool{}
+	for _, r := range env.Recipients {
+		if !r.Local() || seen[r.Mailbox] {
+			continue
+		}
+		seen[r.Mailbox] = true
+		dir, err := m.Path(r.Mailbox, env.Junk)
+		if err != nil {
+			cleanup()
+			return err
+		}
+		tmp, name, err := m.writeTmp(dir, env, r, msg)
+		if err != nil {
+			cleanup()
+			return err
+		}
+		done = append(done, pending{tmp: tmp, dst: filepath.Join(dir, "new", name), dir: dir})
+	}
+	// Every copy is synced in tmp/; now make them visible.
+	for i, p := range done {
+		if err := os.Rename(p.tmp, p.dst); err != nil {
+			for _, q := range done[:i] {
+				os.Remove(q.dst)
+			}
+			cleanup()
+			return err
+		}
+	}
+	for _, p := range done {
+		if err := syncDir(filepath.Join(p.dir, "new")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Maildir) writeTmp(dir string, env *smtpapp.Envelope, r smtpapp.Recipient, msg *smtpapp.Message) (string, string, error) {
+	if err := ensureMaildir(dir); err != nil {
+		return "", "", err
+	}
+	now := time.Now()
+	base := strconv.FormatInt(now.Unix(), 10) + ".M" + strconv.Itoa(now.Nanosecond()/1000) +
+		"P" + strconv.Itoa(os.Getpid()) + "Q" + strconv.FormatUint(seq.Add(1), 10) + "." + m.hostname
+	tmp := filepath.Join(dir, "tmp", base)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", "", err
+	}
+	head := "Return-Path: <" + env.From + ">\r\nDelivered-To: " + r.Address + "\r\n"
+	n, err := f.WriteString(head)
+	if err == nil {
+		var k int64
+		k, err = msg.WriteTo(f)
+		n += int(k)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return "", "", err
+	}
+	// Dovecot reads the size from S= and skips a stat.
+	return tmp, base + ",S=" + strconv.Itoa(n), nil
+}
+
+// ensureMaildir creates the Maildir (and the Maildir++ marker for a
+// subfolder) if missing.
+func ensureMaildir(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, "new")); err == nil {
+		return nil
+	}
+	for _, sub := range []string{"tmp", "new", "cur"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return err
+		}
+	}
+	if strings.HasPrefix(filepath.Base(dir), ".") {
+		f, err := os.OpenFile(filepath.Join(dir, "maildirfolder"), os.O_CREATE|os.O_WRONLY, 0o600)
+		if err != nil {
+			return err
+		}
+		f.Close()
+	}
+	return syncDir(filepath.Dir(dir))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// UnmarshalCaddyfile sets up the module from Caddyfile tokens:
+//
+//	maildir <root> {
+//		junk_folder <name>
+//	}
+func (m *Maildir) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // module name
+	if d.NextArg() {
+		m.Root = d.Val()
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "root":
+			if !d.Args(&m.Root) {
+				return d.ArgErr()
+			}
+		case "junk_folder":
+			if !d.Args(&m.JunkFolder) {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unrecognized maildir option %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner        = (*Maildir)(nil)
+	_ caddyfile.Unmarshaler    = (*Maildir)(nil)
+	_ smtpapp.DeliveryTarget   = (*Maildir)(nil)
+)

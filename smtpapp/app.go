@@ -1,0 +1,212 @@
+// Package smtpapp is the smtp Caddy app: servers, listeners, the SMTP
+// session, recipient routing and the interfaces that handler, auth and
+// delivery modules implement. It imports no module.
+package smtpapp
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// App is the smtp app: mail servers for a set of local domains.
+type App struct {
+	// Servers, by name (used in logs and metrics).
+	Servers map[string]*Server `json:"servers,omitempty"`
+
+	// LocalDomains are the domains whose mail this app receives and stores
+	// in local mailboxes. Mail for any other domain is relayed, and only
+	// for authenticated users or trusted networks.
+	LocalDomains []string `json:"local_domains,omitempty"`
+
+	// Accounts is the accounts provider (namespace smtp.auth): logins for
+	// AUTH and the mailboxes that exist.
+	AccountsRaw json.RawMessage `json:"accounts,omitempty" caddy:"namespace=smtp.auth inline_key=provider"`
+
+	// LocalDelivery stores mail for local mailboxes (namespace
+	// smtp.delivery). Default: maildir under Caddy's data directory.
+	LocalDeliveryRaw json.RawMessage `json:"local_delivery,omitempty" caddy:"namespace=smtp.delivery inline_key=target"`
+
+	// Outbound takes mail for remote recipients (namespace smtp.delivery,
+	// normally the queue). Without it, nothing is relayed.
+	OutboundRaw json.RawMessage `json:"outbound,omitempty" caddy:"namespace=smtp.delivery inline_key=target"`
+
+	// Resolver is the DNS resolver used by the modules (DNSBL, SPF, MX).
+	Resolver *ResolverConfig `json:"resolver,omitempty"`
+
+	// GracePeriod is how long a stopping config (after a reload or at
+	// shutdown) lets its sessions finish. Default: 5m.
+	GracePeriod caddy.Duration `json:"grace_period,omitempty"`
+
+	// SpoolDir holds message bodies too large to keep in memory while they
+	// are checked. Default: smtp/spool under Caddy's data directory.
+	SpoolDir string `json:"spool_dir,omitempty"`
+
+	ctx           caddy.Context
+	logger        *zap.Logger
+	accounts      Accounts
+	localDelivery DeliveryTarget
+	outbound      DeliveryTarget
+	localDomains  map[string]bool
+	resolver      *Resolver
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "smtp", New: func() caddy.Module { return new(App) }}
+}
+
+// Provision sets up the app.
+func (a *App) Provision(ctx caddy.Context) error {
+	// Modules find the app (resolver, local domains, delivery) through ctx.
+	ctx.Context = context.WithValue(ctx.Context, appCtxKey{}, a)
+	a.ctx = ctx
+	a.logger = ctx.Logger()
+	if err := appMetrics.register(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
+	a.localDomains = make(map[string]bool)
+	for i, d := range a.LocalDomains {
+		d = normalizeDomain(d)
+		if !validDomain(d) {
+			return fmt.Errorf("local_domains[%d]: invalid domain %q", i, a.LocalDomains[i])
+		}
+		a.localDomains[d] = true
+	}
+	var err error
+	if a.resolver, err = a.Resolver.build(); err != nil {
+		return fmt.Errorf("resolver: %v", err)
+	}
+	if a.AccountsRaw != nil {
+		mod, err := ctx.LoadModule(a, "AccountsRaw")
+		if err != nil {
+			return fmt.Errorf("accounts: %v", err)
+		}
+		a.accounts = mod.(Accounts)
+	}
+	if a.LocalDeliveryRaw == nil {
+		a.LocalDeliveryRaw = json.RawMessage(`{"target":"maildir","root":` +
+			jsonString(filepath.Join(caddy.AppDataDir(), "smtp", "maildir")) + `}`)
+	}
+	mod, err := ctx.LoadModule(a, "LocalDeliveryRaw")
+	if err != nil {
+		return fmt.Errorf("local_delivery: %v", err)
+	}
+	a.localDelivery = mod.(DeliveryTarget)
+	if a.OutboundRaw != nil {
+		mod, err := ctx.LoadModule(a, "OutboundRaw")
+		if err != nil {
+			return fmt.Errorf("outbound: %v", err)
+		}
+		a.outbound = mod.(DeliveryTarget)
+	}
+	if a.SpoolDir == "" {
+		a.SpoolDir = filepath.Join(caddy.AppDataDir(), "smtp", "spool")
+	}
+	if a.GracePeriod == 0 {
+		a.GracePeriod = caddy.Duration(5 * time.Minute)
+	}
+	if len(a.Servers) == 0 {
+		return fmt.Errorf("servers: at least one server is required")
+	}
+	for name, srv := range a.Servers {
+		if err := srv.provision(ctx, a, name); err != nil {
+			return fmt.Errorf("servers.%s: %v", name, err)
+		}
+	}
+	return nil
+}
+
+// Validate checks what Provision could not.
+func (a *App) Validate() error {
+	seen := map[string]string{}
+	for name, srv := range a.Servers {
+		for _, addr := range srv.addrs {
+			key := addr.String()
+			if other, ok := seen[key]; ok {
+				return fmt.Errorf("servers.%s.listen: %s is also used by server %s", name, key, other)
+			}
+			seen[key] = name
+		}
+	}
+	return nil
+}
+
+// Start binds the listeners, then has the TLS app manage certificates.
+func (a *App) Start() error {
+	names := make([]string, 0, len(a.Servers))
+	for name := range a.Servers {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for i, name := range names {
+		if err := a.Servers[name].start(); err != nil {
+			for _, started := range names[:i] {
+				a.Servers[started].stop(context.Background(), true)
+			}
+			return fmt.Errorf("servers.%s: %v", name, err)
+		}
+	}
+	for _, name := range names {
+		if err := a.Servers[name].manageCertificates(); err != nil {
+			return fmt.Errorf("servers.%s: %v", name, err)
+		}
+	}
+	return nil
+}
+
+// Stop stops accepting connections and lets open sessions finish in the
+// background (up to the grace period) on this config.
+func (a *App) Stop() error {
+	for _, srv := range a.Servers {
+		srv.stop(context.Background(), false)
+	}
+	return nil
+}
+
+// IsLocalDomain reports whether domain (lower-case) is one of the app's.
+func (a *App) IsLocalDomain(domain string) bool { return a.localDomains[domain] }
+
+// LookupMailbox returns the local account for an address on a local domain:
+// the address itself or an alias, else the same without its +tag.
+func (a *App) LookupMailbox(ctx context.Context, addr Address) (string, error) {
+	if a.accounts == nil {
+		return "", ErrNoSuchUser
+	}
+	full := lowerASCII(addr.Local) + "@" + addr.Domain
+	mb, err := a.accounts.Lookup(ctx, full)
+	if err == ErrNoSuchUser {
+		if base := StripSubaddress(addr.Local); base != addr.Local {
+			mb, err = a.accounts.Lookup(ctx, lowerASCII(base)+"@"+addr.Domain)
+		}
+	}
+	return mb, err
+}
+
+// Resolver is the app's DNS resolver, shared by the modules.
+func (a *App) DNS() *Resolver { return a.resolver }
+
+// Accounts returns the accounts provider, or nil.
+func (a *App) Accounts() Accounts { return a.accounts }
+
+// LocalDelivery returns the target that stores mail for local mailboxes.
+func (a *App) LocalDelivery() DeliveryTarget { return a.localDelivery }
+
+func jsonString(s string) string { b, _ := json.Marshal(s); return string(b) }
+
+// Interface guards
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.Validator   = (*App)(nil)
+)

@@ -1,0 +1,113 @@
+package smtpapp
+
+import (
+	"context"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Error is an SMTP reply that a hook returns to refuse a command. A 4xx code
+// is a temporary failure, a 5xx code a permanent one; a 421 also closes the
+// connection after the reply is sent.
+type Error = smtp.SMTPError
+
+// Errorf builds an *Error with an enhanced status code (RFC 3463).
+func Errorf(code int, enhanced [3]int, msg string) *Error {
+	return &Error{Code: code, EnhancedCode: smtp.EnhancedCode(enhanced), Message: msg}
+}
+
+// The stage hooks. A handler module implements any of them; the server calls
+// them in config order and stops at the first error, which becomes the reply.
+// Hooks get the connection's context: it is cancelled when the client goes
+// away or the session limit is reached, so waiting hooks must honour it.
+
+// ConnectHook runs when a client connects, before the greeting. A refusal
+// is sent instead of the greeting and the connection is closed.
+type ConnectHook interface {
+	Connect(ctx context.Context, c *Conn) error
+}
+
+// HeloHook runs on the first HELO/EHLO of a session.
+type HeloHook interface {
+	Helo(ctx context.Context, c *Conn, name string) error
+}
+
+// AuthHook runs before each AUTH attempt is checked (to throttle or refuse
+// brute force); failed attempts are reported as EventAuthFailed.
+type AuthHook interface {
+	Auth(ctx context.Context, c *Conn, username string) error
+}
+
+// MailHook runs on MAIL FROM, after the address was parsed ("" is the null
+// sender).
+type MailHook interface {
+	Mail(ctx context.Context, c *Conn, from string) error
+}
+
+// RcptHook runs on RCPT TO after routing accepted the recipient.
+type RcptHook interface {
+	Rcpt(ctx context.Context, c *Conn, rcpt Recipient) error
+}
+
+// DataHook runs after the whole body is spooled and before it is delivered.
+// It may add header fields to the message and points to the spam score.
+type DataHook interface {
+	Data(ctx context.Context, c *Conn, msg *Message) error
+}
+
+// CloseHook runs once when the connection ends.
+type CloseHook interface {
+	Close(c *Conn)
+}
+
+// EventHook is told about abuse-relevant events (failed AUTH, unknown
+// recipients, relay attempts, protocol errors, refusals), for counting.
+type EventHook interface {
+	Event(c *Conn, ev Event)
+}
+
+// EventKind names what happened in an Event.
+type EventKind string
+
+// Event kinds.
+const (
+	EventAuthFailed       EventKind = "auth_failed"
+	EventUnknownRecipient EventKind = "unknown_recipient"
+	EventRelayDenied      EventKind = "relay_denied"
+	EventProtocolError    EventKind = "protocol_error"
+	EventRefused          EventKind = "refused" // a hook refused a command
+)
+
+// Event is an abuse-relevant happening in a session.
+type Event struct {
+	Kind EventKind
+	// Module is the module ID of the hook that caused it, if any.
+	Module string
+	// Detail is a short human-readable reason.
+	Detail string
+}
+
+// DeliveryTarget stores or forwards an accepted message. Deliver returns
+// only when the message is durably stored (synced to disk) or handed on;
+// an error makes the server answer 451 and keep nothing.
+type DeliveryTarget interface {
+	Deliver(ctx context.Context, env *Envelope, msg *Message) error
+}
+
+// Accounts is the accounts provider: it checks logins and tells which local
+// account an address belongs to.
+type Accounts interface {
+	// Authenticate checks a login and returns the account's canonical
+	// address, or ErrAuthFailed.
+	Authenticate(ctx context.Context, username, password string) (string, error)
+	// Lookup returns the canonical address of the account that receives mail
+	// for address (itself, or an alias), or ErrNoSuchUser. The address has a
+	// lower-cased domain; the subaddress (+tag) is already removed.
+	Lookup(ctx context.Context, address string) (string, error)
+}
+
+// SenderAuthorizer is an optional Accounts extension: extra sender addresses
+// an account may use in MAIL FROM besides those that Lookup maps to it.
+type SenderAuthorizer interface {
+	MaySendAs(ctx context.Context, account, address string) bool
+}

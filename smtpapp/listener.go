@@ -1,0 +1,249 @@
+package smtpapp
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// listener admits connections: it accepts them itself, runs the connect
+// hooks (and, for implicit TLS, the handshake) on each in its own goroutine,
+// and hands the admitted ones to go-smtp. A slow hook (a tarpit) never
+// holds up other clients.
+type listener struct {
+	net.Listener
+	srv       *Server
+	admitted  chan net.Conn
+	done      chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+func newListener(srv *Server, ln net.Listener) *listener {
+	l := &listener{Listener: ln, srv: srv, admitted: make(chan net.Conn), done: make(chan struct{})}
+	go l.acceptLoop()
+	return l
+}
+
+// Accept returns the next admitted connection.
+func (l *listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.admitted:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting; connections still being admitted are closed.
+func (l *listener) Close() error {
+	var err error
+	l.closeOnce.Do(func() {
+		close(l.done)
+		err = l.Listener.Close()
+	})
+	return err
+}
+
+func (l *listener) acceptLoop() {
+	var delay time.Duration
+	for {
+		raw, err := l.Listener.Accept()
+		if err != nil {
+			select {
+			case <-l.done:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off, go on.
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+			} else if delay *= 2; delay > time.Second {
+				delay = time.Second
+			}
+			l.srv.logger.Error("accept", zap.Error(err), zap.Duration("retry_in", delay))
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		go l.admit(raw)
+	}
+}
+
+// admit runs the connection phase of one client.
+func (l *listener) admit(raw net.Conn) {
+	srv := l.srv
+	lim := srv.Limits.withDefaults()
+	nc := &netConn{Conn: raw, readTimeout: time.Duration(lim.ReadTimeout), inspect: true, startTLS: srv.smtp.TLSConfig != nil}
+	nc.deadline = time.Now().Add(time.Duration(lim.SessionTimeout))
+	c := srv.newConn(nc)
+	srv.metrics.accepted.WithLabelValues(srv.name).Inc()
+	srv.metrics.connections.WithLabelValues(srv.name).Inc()
+
+	var conn net.Conn = nc
+	if srv.ImplicitTLS {
+		nc.inspect = false
+		tc := tls.Server(nc, srv.tlsConfig)
+		hsCtx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+		err := tc.HandshakeContext(hsCtx)
+		cancel()
+		if err != nil {
+			c.logger.Debug("TLS handshake failed", zap.Error(err))
+			nc.Close()
+			return
+		}
+		st := tc.ConnectionState()
+		c.tlsState = &st
+		conn = tc
+	}
+
+	if err := srv.runConnect(c); err != nil {
+		writeReply(conn, err, time.Duration(lim.WriteTimeout))
+		conn.Close()
+		return
+	}
+	select {
+	case l.admitted <- conn:
+	case <-l.done:
+		conn.Close()
+	}
+}
+
+// writeReply writes a reply outside of go-smtp (before the greeting).
+func writeReply(conn net.Conn, err error, timeout time.Duration) {
+	var e *Error
+	if !errors.As(err, &e) {
+		e = Errorf(421, [3]int{4, 3, 0}, "Service temporarily unavailable")
+	}
+	conn.SetWriteDeadline(time.Now().Add(timeout))
+	io.WriteString(conn, formatReply(e))
+}
+
+func formatReply(e *Error) string {
+	return itoa3(e.Code) + " " + itoa(e.EnhancedCode[0]) + "." + itoa(e.EnhancedCode[1]) + "." + itoa(e.EnhancedCode[2]) + " " + e.Message + "\r\n"
+}
+
+func itoa3(n int) string {
+	return string([]byte{byte('0' + n/100%10), byte('0' + n/10%10), byte('0' + n%10)})
+}
+
+func itoa(n int) string {
+	if n < 10 && n >= 0 {
+		return string([]byte{byte('0' + n)})
+	}
+	return itoa(n/10) + itoa(n%10)
+}
+
+// netConn wraps the client's TCP connection, under any TLS layer. It applies
+// the per-read timeout and the whole-session limit, ends the session when a
+// reply asked for it (421), and watches the plaintext command stream for
+// bare CR or LF, which go-smtp's line reader would otherwise accept.
+type netConn struct {
+	net.Conn
+	conn        *Conn
+	readTimeout time.Duration
+	deadline    time.Time
+	closing     atomic.Bool
+	bareEOL     atomic.Bool
+
+	// Stream inspection, only while the stream is plaintext.
+	inspect  bool
+	startTLS bool // the server offers STARTTLS: stop inspecting after it
+	prevCR   bool
+	lineLen  int
+	line     [8]byte
+
+	closeOnce sync.Once
+}
+
+func (n *netConn) Read(b []byte) (int, error) {
+	if n.closing.Load() {
+		return 0, io.EOF
+	}
+	dl := n.deadline
+	if n.readTimeout > 0 {
+		if t := time.Now().Add(n.readTimeout); t.Before(dl) {
+			dl = t
+		}
+	}
+	n.Conn.SetReadDeadline(dl)
+	k, err := n.Conn.Read(b)
+	if n.inspect && k > 0 {
+		n.scan(b[:k])
+	}
+	return k, err
+}
+
+// SetReadDeadline is a no-op: Read sets the deadline itself.
+func (n *netConn) SetReadDeadline(time.Time) error { return nil }
+
+// scan flags bare CR/LF and stops inspecting once STARTTLS was asked for
+// (the rest of the stream is TLS).
+func (n *netConn) scan(b []byte) {
+	for i, ch := range b {
+		if n.prevCR && ch != '\n' {
+			n.bareEOL.Store(true)
+		}
+		if ch == '\n' {
+			if !n.prevCR {
+				n.bareEOL.Store(true)
+			}
+			if n.startTLS && n.lineLen >= 8 && isSTARTTLS(n.line[:]) {
+				n.inspect = false
+				_ = i
+				return
+			}
+			n.lineLen = 0
+		} else {
+			if n.lineLen < len(n.line) {
+				n.line[n.lineLen] = ch
+			}
+			n.lineLen++
+		}
+		n.prevCR = ch == '\r'
+	}
+}
+
+func isSTARTTLS(b []byte) bool {
+	const want = "STARTTLS"
+	for i := 0; i < len(want); i++ {
+		if b[i]&^0x20 != want[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func (n *netConn) Close() error {
+	err := n.Conn.Close()
+	n.closeOnce.Do(func() {
+		if n.conn != nil {
+			n.conn.finish()
+		}
+	})
+	return err
+}
+
+// netConnOf finds our wrapper under a TLS layer.
+func netConnOf(c net.Conn) *netConn {
+	for {
+		switch v := c.(type) {
+		case *netConn:
+			return v
+		case *tls.Conn:
+			c = v.NetConn()
+		default:
+			return nil
+		}
+	}
+}

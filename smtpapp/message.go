@@ -1,0 +1,225 @@
+package smtpapp
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+)
+
+// Recipient is an accepted recipient.
+type Recipient struct {
+	// Address is the recipient as given (domain lower-cased).
+	Address string `json:"address"`
+	// Mailbox is the local account that receives it, or "" for a remote
+	// recipient (relayed through the outbound target).
+	Mailbox string `json:"mailbox,omitempty"`
+}
+
+// Local reports whether the recipient is a local mailbox.
+func (r Recipient) Local() bool { return r.Mailbox != "" }
+
+// Envelope is what the delivery targets get besides the message.
+type Envelope struct {
+	// ID is the message's ID (in logs, Received, file names).
+	ID string `json:"id"`
+	// From is the reverse path; "" is the null sender.
+	From string `json:"from"`
+	// Recipients are the ones this target must deliver to.
+	Recipients []Recipient `json:"recipients"`
+	// ClientIP is the address of the client that sent the message.
+	ClientIP netip.Addr `json:"client_ip"`
+	// Helo is the client's HELO/EHLO name.
+	Helo string `json:"helo,omitempty"`
+	// Account is the authenticated sender account, if any.
+	Account string `json:"account,omitempty"`
+	// Received is when the message was accepted.
+	Received time.Time `json:"received"`
+	// Junk asks the mailbox to file the message as spam.
+	Junk bool `json:"junk,omitempty"`
+}
+
+// Message is an accepted message: the header fields added by the server,
+// then the body exactly as received (CRLF line ends, dots unstuffed). Small
+// bodies stay in memory; larger ones are spooled to a file.
+type Message struct {
+	header []byte // newest field first
+	mem    []byte
+	file   *os.File
+	size   int64
+}
+
+// AddHeader adds a header field on top of the message (trace fields are
+// prepended, newest first). Value may be folded with CRLF + white space.
+func (m *Message) AddHeader(name, value string) {
+	var b bytes.Buffer
+	b.Grow(len(name) + len(value) + 4 + len(m.header))
+	b.WriteString(name)
+	b.WriteString(": ")
+	b.WriteString(sanitizeHeaderValue(value))
+	b.WriteString("\r\n")
+	b.Write(m.header)
+	m.header = b.Bytes()
+}
+
+// sanitizeHeaderValue keeps folding (CRLF + WSP) and drops any other CR or
+// LF, so a value from the network can never start a new header field.
+func sanitizeHeaderValue(v string) string {
+	if !strings.ContainsAny(v, "\r\n") {
+		return v
+	}
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		ch := v[i]
+		if ch == '\r' && i+2 < len(v) && v[i+1] == '\n' && (v[i+2] == ' ' || v[i+2] == '\t') {
+			b.WriteString("\r\n")
+			i++
+			continue
+		}
+		if ch == '\r' || ch == '\n' {
+			b.WriteByte(' ')
+			continue
+		}
+		b.WriteByte(ch)
+	}
+	return b.String()
+}
+
+// Header returns the added header fields.
+func (m *Message) Header() []byte { return m.header }
+
+// Size is the body's size in bytes.
+func (m *Message) Size() int64 { return m.size }
+
+// Body returns a new reader of the body as received.
+func (m *Message) Body() io.Reader {
+	if m.file != nil {
+		return io.NewSectionReader(m.file, 0, m.size)
+	}
+	return bytes.NewReader(m.mem)
+}
+
+// Reader returns a new reader of the whole message: added fields, then body.
+func (m *Message) Reader() io.Reader {
+	return io.MultiReader(bytes.NewReader(m.header), m.Body())
+}
+
+// WriteTo writes the whole message to w.
+func (m *Message) WriteTo(w io.Writer) (int64, error) {
+	n, err := w.Write(m.header)
+	if err != nil {
+		return int64(n), err
+	}
+	var k int64
+	if m.file != nil {
+		k, err = io.Copy(w, io.NewSectionReader(m.file, 0, m.size))
+	} else {
+		var kk int
+		kk, err = w.Write(m.mem)
+		k = int64(kk)
+	}
+	return int64(n) + k, err
+}
+
+// Discard frees the message's resources.
+func (m *Message) Discard() {
+	if m.file != nil {
+		name := m.file.Name()
+		m.file.Close()
+		os.Remove(name)
+		m.file = nil
+	}
+	m.mem = nil
+}
+
+// NewMessage makes a message from a body held in memory (for tools and
+// tests; the server builds messages with readMessage).
+func NewMessage(body []byte) *Message { return &Message{mem: body, size: int64(len(body))} }
+
+// errBareLineEnd reports a CR or LF that is not part of a CRLF pair.
+var errBareLineEnd = errors.New("bare CR or LF in message")
+
+// readMessage reads a DATA body, refusing bare CR or LF (the SMTP smuggling
+// vector) after reading the rest. Bodies over memLimit go to a file in
+// spoolDir.
+func readMessage(r io.Reader, memLimit int, spoolDir string) (*Message, error) {
+	m := &Message{}
+	buf := make([]byte, 32*1024)
+	var prevCR, bad bool
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			chunk := buf[:n]
+			if !bad {
+				bad = !checkLineEnds(chunk, &prevCR)
+			}
+			if !bad {
+				if werr := m.write(chunk, memLimit, spoolDir); werr != nil {
+					m.Discard()
+					return nil, werr
+				}
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			m.Discard()
+			return nil, err
+		}
+	}
+	if bad || prevCR {
+		m.Discard()
+		return nil, errBareLineEnd
+	}
+	return m, nil
+}
+
+// checkLineEnds reports whether every CR and LF in b is part of a CRLF pair,
+// carrying a trailing CR to the next chunk through prevCR.
+func checkLineEnds(b []byte, prevCR *bool) bool {
+	for len(b) > 0 {
+		if *prevCR {
+			if b[0] != '\n' {
+				return false
+			}
+			*prevCR = false
+			b = b[1:]
+			continue
+		}
+		i := bytes.IndexAny(b, "\r\n")
+		if i < 0 {
+			return true
+		}
+		if b[i] == '\n' {
+			return false
+		}
+		*prevCR = true
+		b = b[i+1:]
+	}
+	return true
+}
+
+func (m *Message) write(p []byte, memLimit int, spoolDir string) error {
+	m.size += int64(len(p))
+	if m.file == nil && len(m.mem)+len(p) <= memLimit {
+		m.mem = append(m.mem, p...)
+		return nil
+	}
+	if m.file == nil {
+		f, err := os.CreateTemp(spoolDir, "smtp-spool-*")
+		if err != nil {
+			return err
+		}
+		m.file = f
+		if _, err := f.Write(m.mem); err != nil {
+			return err
+		}
+		m.mem = nil
+	}
+	_, err := m.file.Write(p)
+	return err
+}

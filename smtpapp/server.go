@@ -1,0 +1,379 @@
+package smtpapp
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
+	"github.com/caddyserver/certmagic"
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+)
+
+// Server is one SMTP service: its listeners, limits and handlers.
+type Server struct {
+	// Listen is the list of network addresses to bind (Caddy network
+	// address syntax, e.g. ":25", "tcp/127.0.0.1:2525").
+	Listen []string `json:"listen,omitempty"`
+
+	// ImplicitTLS makes the listeners speak TLS from the first byte
+	// (submissions on port 465, RFC 8314).
+	ImplicitTLS bool `json:"implicit_tls,omitempty"`
+
+	// Hostname is the server's name in its greeting, in Received headers
+	// and on its certificate. Default: the machine's host name.
+	Hostname string `json:"hostname,omitempty"`
+
+	// Limits bound what a client can make the server do.
+	Limits *Limits `json:"limits,omitempty"`
+
+	// RequireAuth refuses MAIL before a successful AUTH (530 5.7.0), as a
+	// submission service does.
+	RequireAuth bool `json:"require_auth,omitempty"`
+
+	// TrustedNetworks (CIDR) may relay to any domain without AUTH. Empty by
+	// default: not even loopback is trusted unless listed.
+	TrustedNetworks []string `json:"trusted_networks,omitempty"`
+
+	// TLS configures STARTTLS and implicit TLS.
+	TLS *ServerTLS `json:"tls,omitempty"`
+
+	// Spam sets what the summed spam score of a message leads to.
+	Spam *SpamPolicy `json:"spam,omitempty"`
+
+	// Handlers are the policy modules (namespace smtp.handlers), called in
+	// this order at each stage.
+	HandlersRaw []json.RawMessage `json:"handlers,omitempty" caddy:"namespace=smtp.handlers inline_key=handler"`
+
+	name       string
+	app        *App
+	logger     *zap.Logger
+	metrics    *metrics
+	addrs      []caddy.NetworkAddress
+	trusted    []netip.Prefix
+	tlsConfig  *tls.Config
+	tlsApp     *caddytls.TLS
+	smtp       *smtp.Server
+	listeners  []*listener
+	handlers   []any
+	moduleIDs  []string
+	eventHooks []EventHook
+	closeHooks []CloseHook
+}
+
+// Limits bound a session. Zero values take the defaults shown.
+type Limits struct {
+	// MaxMessageSize in bytes, advertised with SIZE. Default: 25 MiB.
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+	// MaxRecipients per message. Default: 100.
+	MaxRecipients int `json:"max_recipients,omitempty"`
+	// MaxLineLength of a command or message line, CRLF included.
+	// Default: 2000 (twice RFC 5321's 1000, as real mail exceeds it).
+	MaxLineLength int `json:"max_line_length,omitempty"`
+	// ReadTimeout is how long the server waits for each read from the
+	// client. Default: 5m (RFC 5321 4.5.3.2).
+	ReadTimeout caddy.Duration `json:"read_timeout,omitempty"`
+	// WriteTimeout for each reply. Default: 1m.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+	// SessionTimeout is the most a whole connection may last. Default: 30m.
+	SessionTimeout caddy.Duration `json:"session_timeout,omitempty"`
+	// MaxErrors is how many refused commands a session may get before it
+	// is closed with 421. Default: 10.
+	MaxErrors int `json:"max_errors,omitempty"`
+	// MaxAuthFailures is how many failed AUTH attempts a session may make
+	// before it is closed. Default: 3.
+	MaxAuthFailures int `json:"max_auth_failures,omitempty"`
+	// MaxMessages per session. Default: 1000.
+	MaxMessages int `json:"max_messages,omitempty"`
+}
+
+// ServerTLS configures TLS for a server. Certificates come from Caddy's tls
+// app for the hostname.
+type ServerTLS struct {
+	// DisableSTARTTLS stops offering STARTTLS.
+	DisableSTARTTLS bool `json:"disable_starttls,omitempty"`
+	// Issuer is "internal" to have Caddy's internal CA issue the hostname's
+	// certificate (private names), or "" for the tls app's policy (ACME
+	// for public names, the internal CA for internal ones).
+	Issuer string `json:"issuer,omitempty"`
+	// ProtocolMin is the oldest TLS version accepted. Default: tls1.2.
+	ProtocolMin string `json:"protocol_min,omitempty"`
+}
+
+// SpamPolicy turns the summed score of a message into an action.
+type SpamPolicy struct {
+	// TagScore: at or above it, X-Spam headers mark the message as spam
+	// and it is filed in the Junk folder. Default: 5.
+	TagScore *float64 `json:"tag_score,omitempty"`
+	// RejectScore: at or above it, the message is refused with 550 5.7.1
+	// at the end of DATA. Default: 10.
+	RejectScore *float64 `json:"reject_score,omitempty"`
+}
+
+func (l *Limits) withDefaults() Limits {
+	var out Limits
+	if l != nil {
+		out = *l
+	}
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if out.MaxMessageSize == 0 {
+		out.MaxMessageSize = 25 << 20
+	}
+	def(&out.MaxRecipients, 100)
+	def(&out.MaxLineLength, 2000)
+	def(&out.MaxErrors, 10)
+	def(&out.MaxAuthFailures, 3)
+	def(&out.MaxMessages, 1000)
+	if out.ReadTimeout == 0 {
+		out.ReadTimeout = caddy.Duration(5 * time.Minute)
+	}
+	if out.WriteTimeout == 0 {
+		out.WriteTimeout = caddy.Duration(time.Minute)
+	}
+	if out.SessionTimeout == 0 {
+		out.SessionTimeout = caddy.Duration(30 * time.Minute)
+	}
+	return out
+}
+
+func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
+	s.name, s.app, s.metrics = name, app, appMetrics
+	s.logger = ctx.Logger().With(zap.String("server", name))
+	if len(s.Listen) == 0 {
+		return fmt.Errorf("listen: at least one address is required")
+	}
+	for i, l := range s.Listen {
+		addr, err := caddy.ParseNetworkAddressWithDefaults(l, "tcp", 25)
+		if err != nil {
+			return fmt.Errorf("listen[%d]: %v", i, err)
+		}
+		if addr.IsUnixNetwork() || addr.IsFdNetwork() || !strings.HasPrefix(addr.Network, "tcp") {
+			return fmt.Errorf("listen[%d]: %q: only tcp addresses are supported", i, l)
+		}
+		s.addrs = append(s.addrs, addr)
+	}
+	if s.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("hostname: not set and the machine's is unknown: %v", err)
+		}
+		s.Hostname = h
+	}
+	if !ValidHostname(s.Hostname) {
+		return fmt.Errorf("hostname: %q is not a valid host name", s.Hostname)
+	}
+	for i, n := range s.TrustedNetworks {
+		p, err := parsePrefix(n)
+		if err != nil {
+			return fmt.Errorf("trusted_networks[%d]: %v", i, err)
+		}
+		s.trusted = append(s.trusted, p)
+	}
+	if s.Limits != nil && (s.Limits.MaxMessageSize < 0 || s.Limits.MaxRecipients < 0 || s.Limits.MaxLineLength < 0) {
+		return fmt.Errorf("limits: values must not be negative")
+	}
+	if s.Limits != nil && s.Limits.MaxLineLength != 0 && s.Limits.MaxLineLength < 512 {
+		return fmt.Errorf("limits.max_line_length: must be at least 512 (RFC 5321 command line)")
+	}
+	if s.Spam != nil && s.Spam.TagScore != nil && s.Spam.RejectScore != nil && *s.Spam.RejectScore < *s.Spam.TagScore {
+		return fmt.Errorf("spam.reject_score: must not be below tag_score")
+	}
+	if s.TLS != nil && s.TLS.Issuer != "" && s.TLS.Issuer != "internal" {
+		return fmt.Errorf("tls.issuer: %q is not supported (use \"internal\" or leave empty)", s.TLS.Issuer)
+	}
+
+	mods, err := ctx.LoadModule(s, "HandlersRaw")
+	if err != nil {
+		return fmt.Errorf("handlers: %v", err)
+	}
+	for _, m := range mods.([]any) {
+		s.handlers = append(s.handlers, m)
+		s.moduleIDs = append(s.moduleIDs, string(m.(caddy.Module).CaddyModule().ID))
+		if h, ok := m.(EventHook); ok {
+			s.eventHooks = append(s.eventHooks, h)
+		}
+		if h, ok := m.(CloseHook); ok {
+			s.closeHooks = append(s.closeHooks, h)
+		}
+	}
+
+	if err := s.provisionTLS(ctx); err != nil {
+		return err
+	}
+	if s.ImplicitTLS && s.tlsConfig == nil {
+		return fmt.Errorf("implicit_tls: needs TLS, but it is disabled")
+	}
+	lim := s.Limits.withDefaults()
+	s.smtp = smtp.NewServer(backend{s})
+	s.smtp.Domain = s.Hostname
+	s.smtp.MaxMessageBytes = lim.MaxMessageSize
+	s.smtp.MaxRecipients = lim.MaxRecipients
+	s.smtp.MaxLineLength = lim.MaxLineLength
+	s.smtp.WriteTimeout = time.Duration(lim.WriteTimeout)
+	s.smtp.ReadTimeout = 0 // netConn applies read and session deadlines
+	s.smtp.AllowInsecureAuth = false
+	s.smtp.ErrorLog = zapPrintf{s.logger}
+	if !(s.TLS != nil && s.TLS.DisableSTARTTLS) && !s.ImplicitTLS {
+		s.smtp.TLSConfig = s.tlsConfig
+	}
+	return nil
+}
+
+// provisionTLS builds the TLS config from the tls app; certificates are
+// managed later, in Start, after the listeners are bound.
+func (s *Server) provisionTLS(ctx caddy.Context) error {
+	if s.TLS != nil && s.TLS.DisableSTARTTLS && !s.ImplicitTLS {
+		return nil
+	}
+	tlsAppIface, err := ctx.App("tls")
+	if err != nil {
+		return fmt.Errorf("tls: getting the tls app: %v", err)
+	}
+	s.tlsApp = tlsAppIface.(*caddytls.TLS)
+	internal := s.TLS != nil && s.TLS.Issuer == "internal"
+	if internal {
+		ap := &caddytls.AutomationPolicy{
+			SubjectsRaw: []string{s.Hostname},
+			IssuersRaw:  []json.RawMessage{json.RawMessage(`{"module":"internal"}`)},
+		}
+		if err := s.tlsApp.AddAutomationPolicy(ap); err != nil {
+			return fmt.Errorf("tls: automation policy for %s: %v", s.Hostname, err)
+		}
+	}
+	pol := &caddytls.ConnectionPolicy{
+		// Clients without SNI (most MTAs) get the hostname's certificate.
+		DefaultSNI: s.Hostname,
+		// No HTTP ALPN: this is SMTP.
+		ALPN:        []string{},
+		ProtocolMin: "tls1.2",
+	}
+	if s.TLS != nil && s.TLS.ProtocolMin != "" {
+		pol.ProtocolMin = s.TLS.ProtocolMin
+	}
+	cps := caddytls.ConnectionPolicies{pol}
+	if err := cps.Provision(ctx); err != nil {
+		return fmt.Errorf("tls: %v", err)
+	}
+	s.tlsConfig = cps.TLSConfig(ctx)
+	s.tlsConfig.NextProtos = nil
+	return nil
+}
+
+func (s *Server) manageCertificates() error {
+	if s.tlsApp == nil {
+		return nil
+	}
+	if s.tlsApp.HasCertificateForSubject(s.Hostname) {
+		return nil
+	}
+	if !certmagic.SubjectQualifiesForCert(s.Hostname) {
+		return fmt.Errorf("tls: hostname %q does not qualify for a certificate", s.Hostname)
+	}
+	return s.tlsApp.Manage(map[string]struct{}{s.Hostname: {}})
+}
+
+func (s *Server) start() error {
+	for _, addr := range s.addrs {
+		for port := uint(0); port < addr.PortRangeSize(); port++ {
+			ln, err := addr.Listen(s.app.ctx, port, net.ListenConfig{})
+			if err != nil {
+				s.closeListeners()
+				return fmt.Errorf("listen %s: %v", addr.JoinHostPort(port), err)
+			}
+			l := newListener(s, ln.(net.Listener))
+			s.listeners = append(s.listeners, l)
+			go func() {
+				if err := s.smtp.Serve(l); err != nil {
+					s.logger.Error("serving", zap.Error(err))
+				}
+			}()
+			s.logger.Info("listening", zap.String("address", l.Addr().String()), zap.Bool("implicit_tls", s.ImplicitTLS))
+		}
+	}
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range s.listeners {
+		l.Close()
+	}
+}
+
+// stop closes the listeners at once and lets sessions finish, in the
+// background, for the app's grace period; then it closes what is left.
+func (s *Server) stop(ctx context.Context, now bool) {
+	if s.smtp == nil {
+		return
+	}
+	if now {
+		s.smtp.Close()
+		return
+	}
+	srv := s.smtp
+	grace := time.Duration(s.app.GracePeriod)
+	s.closeListeners()
+	go func() {
+		ctx, cancel := context.WithTimeout(ctx, grace)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil && err != smtp.ErrServerClosed {
+			s.logger.Warn("grace period over, closing sessions", zap.Error(err))
+			srv.Close()
+		}
+	}()
+}
+
+// trustedIP reports whether ip is in a trusted network.
+func (s *Server) trustedIP(ip netip.Addr) bool {
+	for _, p := range s.trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not an IP address or CIDR", s)
+		}
+		return netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR: %v", s, err)
+	}
+	return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked(), nil
+}
+
+// ParsePrefixes parses CIDRs (or single addresses); modules use it for
+// their network lists, naming the field in errors.
+func ParsePrefixes(field string, list []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(list))
+	for i, n := range list {
+		p, err := parsePrefix(n)
+		if err != nil {
+			return nil, fmt.Errorf("%s[%d]: %v", field, i, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+type zapPrintf struct{ l *zap.Logger }
+
+func (z zapPrintf) Printf(format string, v ...any) { z.l.Debug(fmt.Sprintf(format, v...)) }
+func (z zapPrintf) Println(v ...any)               { z.l.Debug(fmt.Sprint(v...)) }

@@ -1,0 +1,513 @@
+package smtpapp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+)
+
+// memLimit is the body size kept in memory; larger bodies are spooled.
+const memLimit = 1 << 20
+
+func (s *Server) newConn(nc *netConn) *Conn {
+	ctx, cancel := context.WithDeadline(context.Background(), nc.deadline)
+	c := &Conn{
+		ID:     newID(),
+		server: s,
+		ctx:    ctx,
+		cancel: cancel,
+		start:  time.Now(),
+		remote: addrPortOf(nc.RemoteAddr()),
+		local:  addrPortOf(nc.LocalAddr()),
+		net:    nc,
+	}
+	c.logger = s.logger.With(zap.String("conn", c.ID), zap.String("remote", c.remote.String()))
+	nc.conn = c
+	return c
+}
+
+// runConnect runs the connect hooks.
+func (s *Server) runConnect(c *Conn) error {
+	for i, h := range s.handlers {
+		if hook, ok := h.(ConnectHook); ok {
+			if err := hook.Connect(c.ctx, c); err != nil {
+				s.refused(c, "connect", i, err)
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// refused logs, counts and reports a hook's refusal.
+func (s *Server) refused(c *Conn, stage string, idx int, err error) {
+	module := s.moduleIDs[idx]
+	reason := err.Error()
+	var e *Error
+	if errors.As(err, &e) {
+		reason = e.Message
+	}
+	c.logger.Info("refused", zap.String("stage", stage), zap.String("module", module), zap.String("reason", reason))
+	s.metrics.refused(s.name, stage, module, refusalLabel(err))
+	c.Emit(Event{Kind: EventRefused, Module: module, Detail: reason})
+}
+
+func refusalLabel(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return strconv.Itoa(e.Code)
+	}
+	return "error"
+}
+
+type backend struct{ s *Server }
+
+// NewSession is called by go-smtp on the first HELO/EHLO (and again after
+// STARTTLS).
+func (b backend) NewSession(sc *smtp.Conn) (smtp.Session, error) {
+	nc := netConnOf(sc.Conn())
+	if nc == nil || nc.conn == nil {
+		return nil, Errorf(421, [3]int{4, 3, 0}, "Internal error")
+	}
+	c := nc.conn
+	ss := &session{c: c, srv: b.s}
+	if err := ss.check(); err != nil {
+		return nil, err
+	}
+	helo := sc.Hostname()
+	c.mu.Lock()
+	if st, ok := sc.TLSConnectionState(); ok {
+		c.tlsState = &st
+	}
+	c.helo = helo
+	c.mu.Unlock()
+	for i, h := range b.s.handlers {
+		if hook, ok := h.(HeloHook); ok {
+			if err := hook.Helo(c.ctx, c, helo); err != nil {
+				b.s.refused(c, "helo", i, err)
+				return nil, ss.fail(err)
+			}
+		}
+	}
+	return ss, nil
+}
+
+// session is one go-smtp session (one per EHLO after connect or STARTTLS)
+// on a Conn.
+type session struct {
+	c        *Conn
+	srv      *Server
+	messages int
+}
+
+// check refuses everything once the stream had a bare CR/LF or the
+// connection is closing.
+func (ss *session) check() error {
+	if ss.c.net.closing.Load() {
+		return replyClosing
+	}
+	if ss.c.net.bareEOL.Load() {
+		ss.c.logger.Info("refused", zap.String("stage", "command"), zap.String("reason", "bare CR or LF in command stream"))
+		ss.c.Emit(Event{Kind: EventProtocolError, Detail: "bare CR or LF"})
+		ss.c.closeAfterReply()
+		return replyBareLFCommand
+	}
+	return nil
+}
+
+// fail counts an error reply; past the limit it turns into a 421 that ends
+// the connection. A 421 from a hook also ends it.
+func (ss *session) fail(err error) error {
+	var e *Error
+	if errors.As(err, &e) && e.Code == 421 {
+		ss.c.closeAfterReply()
+		return err
+	}
+	if n := ss.c.countError(); n >= ss.srv.Limits.withDefaults().MaxErrors {
+		ss.c.logger.Info("closing: too many errors", zap.Int("errors", n))
+		ss.c.Emit(Event{Kind: EventProtocolError, Detail: "too many errors"})
+		ss.c.closeAfterReply()
+		return replyTooManyErrors
+	}
+	return err
+}
+
+func (ss *session) Reset() { ss.c.resetTransaction() }
+
+func (ss *session) Logout() error { return nil }
+
+// AuthMechanisms are offered only where go-smtp allows AUTH (under TLS).
+func (ss *session) AuthMechanisms() []string {
+	if ss.srv.app.accounts == nil {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+func (ss *session) Auth(mech string) (sasl.Server, error) {
+	if ss.srv.app.accounts == nil {
+		return nil, smtp.ErrAuthUnsupported
+	}
+	if ss.c.TLS() == nil {
+		return nil, Errorf(523, [3]int{5, 7, 10}, "Encryption required for requested authentication mechanism")
+	}
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(identity, username, password string) error {
+			if identity != "" && identity != username {
+				ss.c.logger.Info("auth refused: authorization identity differs", zap.String("user", username), zap.String("authzid", identity))
+				ss.c.Emit(Event{Kind: EventAuthFailed, Detail: "authzid differs from login"})
+				return ss.authFailed(replyAuthzid)
+			}
+			return ss.login(username, password)
+		}), nil
+	case sasl.Login:
+		return &loginServer{authenticate: ss.login}, nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+func (ss *session) login(username, password string) error {
+	if err := ss.check(); err != nil {
+		return err
+	}
+	c := ss.c
+	for i, h := range ss.srv.handlers {
+		if hook, ok := h.(AuthHook); ok {
+			if err := hook.Auth(c.ctx, c, username); err != nil {
+				ss.srv.refused(c, "auth", i, err)
+				return ss.fail(err)
+			}
+		}
+	}
+	account, err := ss.srv.app.accounts.Authenticate(c.ctx, username, password)
+	if err != nil {
+		if !errors.Is(err, ErrAuthFailed) {
+			c.logger.Error("accounts provider failed", zap.String("user", username), zap.Error(err))
+			return Errorf(454, [3]int{4, 7, 0}, "Temporary authentication failure")
+		}
+		c.logger.Info("auth failed", zap.String("user", username))
+		c.Emit(Event{Kind: EventAuthFailed, Detail: username})
+		return ss.authFailed(replyAuthFailed)
+	}
+	c.mu.Lock()
+	c.account = account
+	c.mu.Unlock()
+	c.logger.Info("authenticated", zap.String("account", account))
+	return nil
+}
+
+func (ss *session) authFailed(reply error) error {
+	n := ss.c.countAuthFailure()
+	if n >= ss.srv.Limits.withDefaults().MaxAuthFailures {
+		ss.c.closeAfterReply()
+		return replyTooManyAuth
+	}
+	return ss.fail(reply)
+}
+
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if err := ss.check(); err != nil {
+		return err
+	}
+	c := ss.c
+	lim := ss.srv.Limits.withDefaults()
+	if ss.messages >= lim.MaxMessages {
+		c.closeAfterReply()
+		return Errorf(421, [3]int{4, 7, 0}, "Too many messages in one session, closing connection")
+	}
+	account := c.Account()
+	if ss.srv.RequireAuth && account == "" {
+		return ss.fail(replyAuthRequired)
+	}
+	if from != "" {
+		addr, err := ParseAddress(from)
+		if err != nil {
+			c.Emit(Event{Kind: EventProtocolError, Detail: "bad sender address"})
+			return ss.fail(err)
+		}
+		from = addr.String()
+		if account != "" && !ss.ownsSender(account, addr) {
+			c.logger.Info("refused", zap.String("stage", "mail"), zap.String("account", account), zap.String("from", from), zap.String("reason", "sender not owned"))
+			return ss.fail(replySenderNotOwned)
+		}
+	} else if account != "" {
+		return ss.fail(replyNullSender)
+	}
+	c.mu.Lock()
+	c.from = from
+	c.inMail = true
+	c.mu.Unlock()
+	for i, h := range ss.srv.handlers {
+		if hook, ok := h.(MailHook); ok {
+			if err := hook.Mail(c.ctx, c, from); err != nil {
+				ss.srv.refused(c, "mail", i, err)
+				c.resetTransaction()
+				return ss.fail(err)
+			}
+		}
+	}
+	return nil
+}
+
+// ownsSender: an account may send as any address that routes to it (its
+// own, aliases, +tags) and whatever the provider allows besides.
+func (ss *session) ownsSender(account string, addr Address) bool {
+	app := ss.srv.app
+	if app.IsLocalDomain(addr.Domain) {
+		if mb, err := app.LookupMailbox(ss.c.ctx, addr); err == nil && mb == account {
+			return true
+		}
+	}
+	if sa, ok := app.accounts.(SenderAuthorizer); ok {
+		return sa.MaySendAs(ss.c.ctx, account, lowerASCII(addr.Local)+"@"+addr.Domain)
+	}
+	return false
+}
+
+func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if err := ss.check(); err != nil {
+		return err
+	}
+	c := ss.c
+	addr, err := ParseAddress(to)
+	if err != nil {
+		c.Emit(Event{Kind: EventProtocolError, Detail: "bad recipient address"})
+		return ss.fail(err)
+	}
+	rcpt, err := ss.route(addr)
+	if err != nil {
+		return ss.fail(err)
+	}
+	for i, h := range ss.srv.handlers {
+		if hook, ok := h.(RcptHook); ok {
+			if err := hook.Rcpt(c.ctx, c, rcpt); err != nil {
+				ss.srv.refused(c, "rcpt", i, err)
+				return ss.fail(err)
+			}
+		}
+	}
+	c.mu.Lock()
+	c.rcpts = append(c.rcpts, rcpt)
+	c.mu.Unlock()
+	return nil
+}
+
+// route decides where a recipient goes: a local mailbox, the outbound
+// target (for authenticated users and trusted networks), or nowhere.
+func (ss *session) route(addr Address) (Recipient, error) {
+	c, app := ss.c, ss.srv.app
+	if app.IsLocalDomain(addr.Domain) {
+		mb, err := app.LookupMailbox(c.ctx, addr)
+		switch {
+		case err == nil:
+			return Recipient{Address: addr.String(), Mailbox: mb}, nil
+		case errors.Is(err, ErrNoSuchUser):
+			c.logger.Info("refused", zap.String("stage", "rcpt"), zap.String("to", addr.String()), zap.String("reason", "no such mailbox"))
+			ss.srv.metrics.refused(ss.srv.name, "rcpt", "", "no_such_user")
+			c.Emit(Event{Kind: EventUnknownRecipient, Detail: addr.String()})
+			return Recipient{}, replyNoSuchUser
+		default:
+			c.logger.Error("recipient lookup failed", zap.String("to", addr.String()), zap.Error(err))
+			return Recipient{}, replyTempLookup
+		}
+	}
+	if c.Account() == "" && !ss.srv.trustedIP(c.RemoteIP()) || app.outbound == nil {
+		c.logger.Info("refused", zap.String("stage", "rcpt"), zap.String("to", addr.String()), zap.String("reason", "relay denied"))
+		ss.srv.metrics.refused(ss.srv.name, "rcpt", "", "relay_denied")
+		c.Emit(Event{Kind: EventRelayDenied, Detail: addr.String()})
+		return Recipient{}, replyRelayDenied
+	}
+	return Recipient{Address: addr.String()}, nil
+}
+
+func (ss *session) Data(r io.Reader) error {
+	if err := ss.check(); err != nil {
+		return err
+	}
+	c, srv := ss.c, ss.srv
+	ss.messages++
+	msg, err := readMessage(r, memLimit, srv.app.SpoolDir)
+	if err != nil {
+		return ss.dataError(err)
+	}
+	defer msg.Discard()
+	if c.net.bareEOL.Load() {
+		return ss.dataError(errBareLineEnd)
+	}
+	for i, h := range srv.handlers {
+		if hook, ok := h.(DataHook); ok {
+			if err := hook.Data(c.ctx, c, msg); err != nil {
+				srv.refused(c, "data", i, err)
+				ss.logMessage(msg, "rejected", err)
+				return ss.fail(err)
+			}
+		}
+	}
+	env := ss.envelope()
+	if err := ss.applySpamPolicy(msg, env); err != nil {
+		ss.logMessage(msg, "rejected", err)
+		return ss.fail(err)
+	}
+	msg.AddHeader("Received", ss.received(env))
+	if err := ss.deliver(env, msg); err != nil {
+		c.logger.Error("delivery failed", zap.String("id", env.ID), zap.Error(err))
+		ss.logMessage(msg, "failed", err)
+		return replyDeliveryFailed
+	}
+	srv.metrics.bytes.WithLabelValues(srv.name).Add(float64(msg.Size()))
+	ss.logMessage(msg, "delivered", nil)
+	return &Error{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + env.ID}
+}
+
+func (ss *session) dataError(err error) error {
+	c := ss.c
+	switch {
+	case errors.Is(err, errBareLineEnd):
+		c.logger.Info("refused", zap.String("stage", "data"), zap.String("reason", "bare CR or LF in message"))
+		ss.srv.metrics.refused(ss.srv.name, "data", "", "bare_line_end")
+		ss.srv.metrics.messages.WithLabelValues(ss.srv.name, "rejected").Inc()
+		c.Emit(Event{Kind: EventProtocolError, Detail: "bare CR or LF in message"})
+		return ss.fail(replyBareLineEnd)
+	case errors.Is(err, smtp.ErrDataTooLarge):
+		c.logger.Info("refused", zap.String("stage", "data"), zap.String("reason", "message too large"))
+		ss.srv.metrics.refused(ss.srv.name, "data", "", "too_large")
+		ss.srv.metrics.messages.WithLabelValues(ss.srv.name, "rejected").Inc()
+		return ss.fail(smtp.ErrDataTooLarge)
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	c.logger.Info("reading message failed", zap.Error(err))
+	return Errorf(451, [3]int{4, 3, 0}, "Error reading message")
+}
+
+func (ss *session) envelope() *Envelope {
+	c := ss.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return &Envelope{
+		ID:         newID(),
+		From:       c.from,
+		Recipients: append([]Recipient(nil), c.rcpts...),
+		ClientIP:   c.remote.Addr(),
+		Helo:       c.helo,
+		Account:    c.account,
+		Received:   time.Now(),
+	}
+}
+
+// applySpamPolicy compares the summed score with the thresholds.
+func (ss *session) applySpamPolicy(msg *Message, env *Envelope) error {
+	score := ss.c.Score()
+	if len(score.Reasons) == 0 {
+		return nil
+	}
+	tag, reject := 5.0, 10.0
+	if p := ss.srv.Spam; p != nil {
+		if p.TagScore != nil {
+			tag = *p.TagScore
+		}
+		if p.RejectScore != nil {
+			reject = *p.RejectScore
+		}
+	}
+	var reasons []string
+	for _, r := range score.Reasons {
+		reasons = append(reasons, fmt.Sprintf("%s(%+.1f): %s", r.Module, r.Points, r.Reason))
+	}
+	if score.Total >= reject {
+		ss.c.logger.Info("refused", zap.String("stage", "data"), zap.String("reason", "spam score"),
+			zap.Float64("score", score.Total), zap.Strings("reasons", reasons))
+		ss.srv.metrics.refused(ss.srv.name, "data", "", "spam")
+		return replySpam
+	}
+	status := "No"
+	if score.Total >= tag {
+		status = "Yes"
+		env.Junk = true
+	}
+	msg.AddHeader("X-Spam-Score", strconv.FormatFloat(score.Total, 'f', 1, 64))
+	msg.AddHeader("X-Spam-Status", fmt.Sprintf("%s, score=%.1f tag=%.1f reject=%.1f\r\n\t%s", status, score.Total, tag, reject, strings.Join(reasons, "\r\n\t")))
+	return nil
+}
+
+// received builds the Received field (RFC 5321 4.4, protocol per RFC 3848).
+func (ss *session) received(env *Envelope) string {
+	c := ss.c
+	proto := "ESMTP"
+	if c.TLS() != nil {
+		proto += "S"
+	}
+	if env.Account != "" {
+		proto += "A"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "from %s ([%s])\r\n\tby %s (caddy-smtp) with %s id %s", env.Helo, env.ClientIP, ss.srv.Hostname, proto, env.ID)
+	if len(env.Recipients) == 1 {
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", env.Recipients[0].Address)
+	}
+	b.WriteString("; ")
+	b.WriteString(env.Received.Format(time.RFC1123Z))
+	return b.String()
+}
+
+// deliver hands local recipients to the local target and remote ones to
+// the outbound target; both must have stored the message.
+func (ss *session) deliver(env *Envelope, msg *Message) error {
+	var local, remote []Recipient
+	for _, r := range env.Recipients {
+		if r.Local() {
+			local = append(local, r)
+		} else {
+			remote = append(remote, r)
+		}
+	}
+	app := ss.srv.app
+	ctx := context.WithoutCancel(ss.c.ctx)
+	if len(local) > 0 {
+		e := *env
+		e.Recipients = local
+		if err := app.localDelivery.Deliver(ctx, &e, msg); err != nil {
+			return fmt.Errorf("local delivery: %w", err)
+		}
+	}
+	if len(remote) > 0 {
+		e := *env
+		e.Recipients = remote
+		e.Junk = false
+		if err := app.outbound.Deliver(ctx, &e, msg); err != nil {
+			return fmt.Errorf("outbound: %w", err)
+		}
+	}
+	return nil
+}
+
+func (ss *session) logMessage(msg *Message, result string, err error) {
+	c := ss.c
+	c.mu.Lock()
+	from := c.from
+	to := make([]string, len(c.rcpts))
+	for i, r := range c.rcpts {
+		to[i] = r.Address
+	}
+	c.mu.Unlock()
+	fields := []zap.Field{zap.String("from", from), zap.Strings("to", to), zap.Int64("size", msg.Size()), zap.String("result", result)}
+	if err != nil {
+		fields = append(fields, zap.String("reason", err.Error()))
+	}
+	c.logger.Info("message", fields...)
+	ss.srv.metrics.messages.WithLabelValues(ss.srv.name, result).Inc()
+}
+
+var _ caddy.Module = (*App)(nil)
