@@ -228,7 +228,7 @@ func (m *Maildir) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // Interface guards
 var (
-	_ caddy.Provisioner        = (*Maildir)(nil)
-	_ caddyfile.Unmarshaler    = (*Maildir)(nil)
-	_ smtpapp.DeliveryTarget   = (*Maildir)(nil)
+	_ caddy.Provisioner      = (*Maildir)(nil)
+	_ caddyfile.Unmarshaler  = (*Maildir)(nil)
+	_ smtpapp.DeliveryTarget = (*Maildir)(nil)
 )

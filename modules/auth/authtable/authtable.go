@@ -29,9 +29,9 @@ type Account struct {
 
 // Table is an in-memory accounts table, shared by the accounts providers.
 type Table struct {
-	hashes map[string][]byte            // account -> bcrypt hash
-	routes map[string]string            // address or alias -> account
-	sendAs map[string]map[string]bool   // account -> extra senders
+	hashes map[string][]byte          // account -> bcrypt hash
+	routes map[string]string          // address or alias -> account
+	sendAs map[string]map[string]bool // account -> extra senders
 }
 
 // dummyHash makes a failed login for an unknown user cost the same bcrypt
@@ -115,4 +115,3 @@ func (t *Table) Lookup(address string) (string, error) {
 func (t *Table) MaySendAs(account, address string) bool {
 	return t.sendAs[account][strings.ToLower(address)]
 }
-

@@ -4,10 +4,10 @@ package static
 
 import (
 	"context"
-		
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	
+
 	"github.com/caddy-smtp/caddy-smtp/modules/auth/authtable"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
