@@ -211,3 +211,42 @@ func (c *Conn) String() string { return fmt.Sprintf("%s[%s]", c.ID, c.remote) }
 
 // normalizeDomain lower-cases a domain and drops a trailing dot.
 func normalizeDomain(d string) string { return strings.TrimSuffix(strings.ToLower(d), ".") }
+
+// Pause waits d before the greeting (call it from a ConnectHook) and
+// reports whether the client sent anything meanwhile: an early talker,
+// which an honest SMTP client never is (RFC 5321 4.3.1; Postfix's
+// postscreen "pregreet test"). On implicit-TLS connections, where the
+// client speaks first, it only waits. It returns ctx's error if ctx ends.
+func (c *Conn) Pause(ctx context.Context, d time.Duration) (earlyTalker bool, err error) {
+	if d <= 0 {
+		return false, nil
+	}
+	if c.TLS() != nil || !c.net.inspect {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return false, nil
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
+	// Read with a deadline: data before it ends is an early talker. The
+	// bytes read are dropped, which is fine: such a client is refused.
+	stop := context.AfterFunc(ctx, func() { c.net.Conn.SetReadDeadline(time.Now()) })
+	defer stop()
+	c.net.Conn.SetReadDeadline(time.Now().Add(d))
+	var b [1]byte
+	n, rerr := c.net.Conn.Read(b[:])
+	c.net.Conn.SetReadDeadline(time.Time{})
+	if n > 0 {
+		return true, nil
+	}
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+	if ne, ok := rerr.(net.Error); ok && ne.Timeout() {
+		return false, nil
+	}
+	return false, rerr
+}
