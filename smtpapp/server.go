@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -287,15 +288,14 @@ func (s *Server) manageCertificates() error {
 func (s *Server) start() error {
 	for _, addr := range s.addrs {
 		for port := uint(0); port < addr.PortRangeSize(); port++ {
-			ln, err := addr.Listen(s.app.ctx, port, net.ListenConfig{})
+			l, err := newListener(s, addr, port)
 			if err != nil {
 				s.closeListeners()
 				return fmt.Errorf("listen %s: %v", addr.JoinHostPort(port), err)
 			}
-			l := newListener(s, ln.(net.Listener))
 			s.listeners = append(s.listeners, l)
 			go func() {
-				if err := s.smtp.Serve(l); err != nil {
+				if err := s.smtp.Serve(l); err != nil && !errors.Is(err, net.ErrClosed) {
 					s.logger.Error("serving", zap.Error(err))
 				}
 			}()
@@ -323,7 +323,7 @@ func (s *Server) stop(ctx context.Context, now bool) {
 	}
 	srv := s.smtp
 	grace := time.Duration(s.app.GracePeriod)
-	s.closeListeners()
+	// Shutdown closes the listeners at once, then waits for the sessions.
 	go func() {
 		ctx, cancel := context.WithTimeout(ctx, grace)
 		defer cancel()

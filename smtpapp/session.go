@@ -225,6 +225,12 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		c.closeAfterReply()
 		return Errorf(421, [3]int{4, 7, 0}, "Too many messages in one session, closing connection")
 	}
+	c.mu.Lock()
+	nested := c.inMail
+	c.mu.Unlock()
+	if nested {
+		return ss.fail(replyNestedMail)
+	}
 	account := c.Account()
 	if ss.srv.RequireAuth && account == "" {
 		return ss.fail(replyAuthRequired)

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	// The standard modules, as in cmd/caddy: storage, tls, pki, admin API.
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.

@@ -1,0 +1,429 @@
+package smtpapp_test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/maildir"
+
+	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
+)
+
+const (
+	aliceHash = "$2a$10$6jgH4C347SKTxHE7VlXyvelsUdMGEQ3kgJM74mhrsF2/2Cq.BILyG" // demo-alice
+	bobHash   = "$2a$10$kvXyKiBsnshTO1Ec6j8Y2ufEVjAcNcQqVA2FGMpxxfC2g2/fqNy.m" // demo-bob
+)
+
+// mxApp is the smtp app config of a plain inbound MX on addr.
+func mxApp(env *testenv.Env, addr string, mods ...func(app, srv map[string]any)) map[string]any {
+	srv := map[string]any{
+		"listen":   []string{addr},
+		"hostname": "mail.example.test",
+		"tls":      map[string]any{"disable_starttls": true},
+		"limits":   map[string]any{"max_message_size": 64 * 1024},
+	}
+	app := map[string]any{
+		"local_domains": []string{"example.test"},
+		"accounts": map[string]any{"provider": "static", "accounts": []any{
+			map[string]any{"address": "alice@example.test", "password": aliceHash, "aliases": []string{"postmaster@example.test"}},
+			map[string]any{"address": "bob@example.test", "password": bobHash},
+		}},
+		"local_delivery": map[string]any{"target": "maildir", "root": env.Path("maildir")},
+		"spool_dir":      env.Path("spool"),
+		"grace_period":   "10s",
+		"servers":        map[string]any{"mx": srv},
+	}
+	for _, m := range mods {
+		m(app, srv)
+	}
+	return app
+}
+
+func startMX(t *testing.T, mods ...func(app, srv map[string]any)) (*testenv.Env, string) {
+	env := testenv.New(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	env.Load(env.Config(mxApp(env, addr, mods...), nil))
+	return env, addr
+}
+
+func aliceMail(t *testing.T, env *testenv.Env) []string {
+	return testenv.Maildir(t, env.Path("maildir"), "example.test", "alice")
+}
+
+func TestDeliverToMaildir(t *testing.T) {
+	env, addr := startMX(t)
+	c, greet := testenv.Dial(t, addr)
+	if greet.Code != 220 || !strings.Contains(greet.Text(), "mail.example.test") {
+		t.Fatalf("greeting: %s", greet)
+	}
+	c.Expect("EHLO client.example.org", 250)
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<alice@example.test>", 250)
+	c.Expect("DATA", 354)
+	body := "From: sender@example.org\r\nTo: alice@example.test\r\nSubject: hello\r\n\r\nline one\r\n..leading dot\r\n\r\nlast line\r\n"
+	wantStored := strings.Replace(body, "\r\n..leading", "\r\n.leading", 1)
+	c.Send(body + ".\r\n")
+	if r := c.Read(); r.Code != 250 || !strings.HasPrefix(r.Text(), "2.0.0") {
+		t.Fatalf("end of data: %s", r)
+	}
+	files := aliceMail(t, env)
+	if len(files) != 1 {
+		t.Fatalf("want exactly 1 file in alice's new/, got %d", len(files))
+	}
+	got, _ := os.ReadFile(files[0])
+	if !bytes.HasSuffix(got, []byte(wantStored)) {
+		t.Fatalf("stored message does not end with the exact body:\n%q", got)
+	}
+	head := string(got[:len(got)-len(wantStored)])
+	for _, want := range []string{"Return-Path: <sender@example.org>\r\n", "Received: from client.example.org ([127.0.0.1])", "by mail.example.test"} {
+		if !strings.Contains(head, want) {
+			t.Errorf("added headers lack %q:\n%s", want, head)
+		}
+	}
+	if !strings.Contains(files[0], ",S=") {
+		t.Errorf("file name %s lacks Dovecot's S= size", files[0])
+	}
+	c.Expect("QUIT", 221)
+}
+
+func TestRecipientRouting(t *testing.T) {
+	env, addr := startMX(t, func(app, srv map[string]any) {
+		srv["limits"] = map[string]any{"max_errors": 50}
+	})
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	for _, tc := range []struct {
+		rcpt string
+		code int
+		enh  string
+	}{
+		{"<unknown@example.test>", 550, "5.1.1"},
+		{"<someone@example.org>", 554, "5.7.1"},
+		{"<bob%example.org@example.test>", 550, "5.1.1"},       // percent hack: a (missing) local mailbox, never relayed
+		{"<@example.test:someone@example.org>", 554, "5.7.1"},  // source route: the plain reading is example.org
+		{"<\"alice@example.org\"@example.test>", 501, "5.1.3"}, // quoted local part hiding an @
+		{"<alice@example.test@example.org>", 501, "5.1.3"},     // two @
+		{"<alice@[127.0.0.1]>", 553, "5.1.3"},                  // address literal
+		{"<example.org!someone@example.test>", 550, "5.1.1"},   // bang path: local part only
+		{"<alice\x01@example.test>", 501, "5.1.3"},             // control byte
+		{"<Alice+news@EXAMPLE.test>", 250, "2.0.0"},            // subaddress, case
+		{"<postmaster@example.test>", 250, "2.0.0"},            // alias
+		{"<bob@example.test.>", 250, "2.0.0"},                  // trailing dot
+	} {
+		r := c.Cmd("RCPT TO:" + tc.rcpt)
+		if r.Code != tc.code || !strings.HasPrefix(r.Text(), tc.enh) {
+			t.Errorf("RCPT TO:%s: want %d %s, got %s", tc.rcpt, tc.code, tc.enh, r)
+		}
+	}
+	c.Expect("RSET", 250)
+	// A relay attempt alone stores and queues nothing.
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<someone@example.org>", 554)
+	if r := c.Cmd("DATA"); r.Code < 500 {
+		t.Fatalf("DATA without recipients: %s", r)
+	}
+	entries, _ := os.ReadDir(env.Path("maildir"))
+	if len(entries) != 0 {
+		t.Fatalf("something was stored: %v", entries)
+	}
+}
+
+func TestOversizeMessage(t *testing.T) {
+	env, addr := startMX(t)
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<alice@example.test>", 250)
+	c.Expect("DATA", 354)
+	// 100 KiB over a 64 KiB limit, with lines that look like commands: they
+	// must be read and thrown away, never executed.
+	var b strings.Builder
+	b.WriteString("Subject: big\r\n\r\n")
+	for b.Len() < 100*1024 {
+		b.WriteString("RCPT TO:<bob@example.test>\r\nQUIT\r\n")
+	}
+	c.Send(b.String() + ".\r\n")
+	if r := c.Read(); r.Code != 552 || !strings.HasPrefix(r.Text(), "5.3.4") {
+		t.Fatalf("oversize: want 552 5.3.4, got %s", r)
+	}
+	// The connection stays usable.
+	c.Expect("NOOP", 250)
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<alice@example.test>", 250)
+	c.Expect("DATA", 354)
+	c.Send("Subject: small\r\n\r\nok\r\n.\r\n")
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("small message after oversize: %s", r)
+	}
+	if n := len(aliceMail(t, env)); n != 1 {
+		t.Fatalf("want only the small message stored, got %d files", n)
+	}
+	if n := len(testenv.Maildir(t, env.Path("maildir"), "example.test", "bob")); n != 0 {
+		t.Fatalf("a command inside the oversize body was executed: bob has %d files", n)
+	}
+}
+
+func TestSizeParameterRefused(t *testing.T) {
+	_, addr := startMX(t)
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	if r := c.Cmd("MAIL FROM:<sender@example.org> SIZE=1000000"); r.Code != 552 {
+		t.Fatalf("SIZE over limit: %s", r)
+	}
+}
+
+func TestBareLineEnds(t *testing.T) {
+	env, addr := startMX(t)
+	for _, tc := range []struct{ name, body string }{
+		{"bare LF", "Subject: x\r\n\r\nline\nsmuggled\r\n"},
+		{"bare CR", "Subject: x\r\n\r\nline\rsmuggled\r\n"},
+		{"LF dot LF smuggling", "Subject: x\r\n\r\nhello\n.\nMAIL FROM:<evil@example.org>\r\n"},
+		{"CRLF dot LF", "Subject: x\r\n\r\nhello\r\n.\nRCPT TO:<bob@example.test>\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _ := testenv.Dial(t, addr)
+			c.Expect("EHLO client.example.org", 250)
+			c.Expect("MAIL FROM:<sender@example.org>", 250)
+			c.Expect("RCPT TO:<alice@example.test>", 250)
+			c.Expect("DATA", 354)
+			c.Send(tc.body + ".\r\n")
+			if r := c.Read(); r.Code < 500 || r.Code > 599 {
+				t.Fatalf("want 5xx, got %s", r)
+			}
+			// Only CRLF.CRLF ended DATA: the next reply is for NOOP.
+			c.Expect("NOOP", 250)
+		})
+	}
+	if n := len(aliceMail(t, env)); n != 0 {
+		t.Fatalf("a message with bare line ends was stored (%d files)", n)
+	}
+	if n := len(testenv.Maildir(t, env.Path("maildir"), "example.test", "bob")); n != 0 {
+		t.Fatalf("smuggled command executed")
+	}
+}
+
+func TestBareLFCommand(t *testing.T) {
+	env, addr := startMX(t)
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Send("MAIL FROM:<sender@example.org>\n")
+	if r := c.Read(); r.Code < 500 {
+		t.Fatalf("command ended by bare LF: want 5xx, got %s", r)
+	}
+	if !c.Closed() {
+		t.Fatalf("connection not closed after bare LF in the command stream")
+	}
+	if n := len(aliceMail(t, env)); n != 0 {
+		t.Fatal("stored")
+	}
+}
+
+func TestDotOnlyEndsWithCRLF(t *testing.T) {
+	env, addr := startMX(t)
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<alice@example.test>", 250)
+	c.Expect("DATA", 354)
+	// ".\r\n" not after CRLF, "\r\n.x" and "\r\n. \r\n" do not end DATA.
+	c.Send("Subject: x\r\n\r\na.\r\n.x\r\n. \r\nend\r\n.\r\n")
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("want 250, got %s", r)
+	}
+	files := aliceMail(t, env)
+	if len(files) != 1 {
+		t.Fatalf("want 1 file, got %d", len(files))
+	}
+	got, _ := os.ReadFile(files[0])
+	if !bytes.HasSuffix(got, []byte("\r\n\r\na.\r\nx\r\n \r\nend\r\n")) {
+		t.Fatalf("body: %q", got)
+	}
+}
+
+func TestOutOfOrderAndMalformed(t *testing.T) {
+	_, addr := startMX(t)
+	c, _ := testenv.Dial(t, addr)
+	for _, tc := range []struct {
+		cmd  string
+		code int
+	}{
+		{"MAIL FROM:<a@example.org>", 502}, // before EHLO
+		{"EHLO client.example.org", 250},
+		{"RCPT TO:<alice@example.test>", 502}, // before MAIL
+		{"DATA", 502},
+		{"MAIL FROM:<a@example.org", 501}, // unclosed bracket
+		{"MAIL FROM:<a@example.org>", 250},
+		{"MAIL FROM:<b@example.org>", 503}, // nested MAIL
+		{"RCPT TO:<>", 501},
+		{"AUTH PLAIN AGFsaWNlAGRlbW8tYWxpY2U=", 523}, // AUTH without TLS
+	} {
+		if r := c.Cmd(tc.cmd); r.Code != tc.code {
+			t.Errorf("%q: want %d, got %s", tc.cmd, tc.code, r)
+		}
+	}
+}
+
+func TestTooLongLine(t *testing.T) {
+	_, addr := startMX(t)
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	r := c.Cmd("MAIL FROM:<" + strings.Repeat("a", 3000) + "@example.org>")
+	if r.Code != 500 {
+		t.Fatalf("overlong line: %s", r)
+	}
+	if !c.Closed() {
+		t.Fatal("connection not closed")
+	}
+}
+
+func TestTooManyErrors(t *testing.T) {
+	_, addr := startMX(t, func(app, srv map[string]any) {
+		srv["limits"] = map[string]any{"max_errors": 3}
+	})
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<nobody1@example.test>", 550)
+	c.Expect("RCPT TO:<nobody2@example.test>", 550)
+	c.Expect("RCPT TO:<nobody3@example.test>", 421)
+	if !c.Closed() {
+		t.Fatal("connection still open after too many errors")
+	}
+}
+
+func TestSessionTimeout(t *testing.T) {
+	_, addr := startMX(t, func(app, srv map[string]any) {
+		srv["limits"] = map[string]any{"session_timeout": "1s"}
+	})
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	// A slowloris client trickles a command and never finishes.
+	c.Send("NO")
+	// go-smtp answers the partial line (501), then the limit's 421.
+	for {
+		r := c.Read()
+		if r.Err != nil {
+			t.Fatalf("connection ended without a 421: %v", r.Err)
+		}
+		if r.Code == 421 {
+			break
+		}
+	}
+	if !c.Closed() {
+		t.Fatal("connection open after the session limit")
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	env := testenv.New(t)
+	port := testenv.FreePort(t)
+	for _, tc := range []struct {
+		name  string
+		mod   func(app, srv map[string]any)
+		field string
+	}{
+		{"unknown handler", func(app, srv map[string]any) {
+			srv["handlers"] = []any{map[string]any{"handler": "no_such_thing"}}
+		}, "handlers"},
+		{"bad listen address", func(app, srv map[string]any) { srv["listen"] = []string{"127.0.0.1:notaport"} }, "listen"},
+		{"no maildir root", func(app, srv map[string]any) {
+			app["local_delivery"] = map[string]any{"target": "maildir"}
+		}, "root"},
+		{"bad local domain", func(app, srv map[string]any) { app["local_domains"] = []string{"exa mple"} }, "local_domains"},
+		{"bad trusted network", func(app, srv map[string]any) { srv["trusted_networks"] = []string{"10.0.0.0/33"} }, "trusted_networks"},
+		{"bad password hash", func(app, srv map[string]any) {
+			app["accounts"] = map[string]any{"provider": "static", "accounts": []any{map[string]any{"address": "a@example.test", "password": "plaintext"}}}
+		}, "password"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := env.Config(mxApp(env, fmt.Sprintf("127.0.0.1:%d", port), tc.mod), nil)
+			err := env.LoadErr(cfg)
+			if err == nil {
+				t.Fatal("config loaded")
+			}
+			if !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("error does not name %q: %v", tc.field, err)
+			}
+		})
+	}
+}
+
+// TestReloadDuringData: a session in DATA finishes on the old config and
+// its message is stored; new connections get the new config; no connection
+// attempt is refused during the reload.
+func TestReloadDuringData(t *testing.T) {
+	env := testenv.New(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	env.Load(env.Config(mxApp(env, addr), nil))
+
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<alice@example.test>", 250)
+	c.Expect("DATA", 354)
+	c.Send("Subject: across a reload\r\n\r\nfirst half\r\n")
+
+	// Connect continuously while reloading.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failures []string
+	attempts := 0
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			cc, greet := testenv.Dial(t, addr)
+			mu.Lock()
+			attempts++
+			if greet.Code != 220 {
+				failures = append(failures, greet.String())
+			}
+			mu.Unlock()
+			cc.Cmd("QUIT")
+			cc.Conn.Close()
+		}
+	}()
+
+	// The new config: bob gets an alias, visible to new sessions only.
+	newCfg := env.Config(mxApp(env, addr, func(app, srv map[string]any) {
+		app["accounts"] = map[string]any{"provider": "static", "accounts": []any{
+			map[string]any{"address": "alice@example.test", "password": aliceHash},
+			map[string]any{"address": "bob@example.test", "password": bobHash, "aliases": []string{"robert@example.test"}},
+		}}
+	}), nil)
+	time.Sleep(100 * time.Millisecond)
+	env.Load(newCfg)
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	c.Send("second half\r\n.\r\n")
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("session across reload: %s", r)
+	}
+	if n := len(aliceMail(t, env)); n != 1 {
+		t.Fatalf("want the message stored, got %d files", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(failures) > 0 || attempts == 0 {
+		t.Fatalf("%d of %d connections failed during the reload: %v", len(failures), attempts, failures)
+	}
+	n, _ := testenv.Dial(t, addr)
+	n.Expect("EHLO client.example.org", 250)
+	n.Expect("MAIL FROM:<sender@example.org>", 250)
+	n.Expect("RCPT TO:<robert@example.test>", 250)
+}
