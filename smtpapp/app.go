@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
@@ -59,6 +61,7 @@ type App struct {
 	outbound      DeliveryTarget
 	localDomains  map[string]bool
 	resolver      *Resolver
+	internalNames map[string]bool // hostnames given an internal-CA policy
 }
 
 // CaddyModule returns the Caddy module information.
@@ -157,12 +160,28 @@ func (a *App) Start() error {
 			return fmt.Errorf("servers.%s: %v", name, err)
 		}
 	}
-	for _, name := range names {
-		if err := a.Servers[name].manageCertificates(); err != nil {
-			return fmt.Errorf("servers.%s: %v", name, err)
+	return a.manageCertificates()
+}
+
+// manageCertificates has the tls app manage the servers' hostnames, all in
+// one call (servers often share a hostname), after the listeners are bound.
+func (a *App) manageCertificates() error {
+	var tlsApp *caddytls.TLS
+	names := map[string]struct{}{}
+	for _, srv := range a.Servers {
+		if srv.tlsApp == nil {
+			continue
 		}
+		tlsApp = srv.tlsApp
+		if !certmagic.SubjectQualifiesForCert(srv.Hostname) {
+			return fmt.Errorf("servers.%s.hostname: %q does not qualify for a certificate", srv.name, srv.Hostname)
+		}
+		names[srv.Hostname] = struct{}{}
 	}
-	return nil
+	if tlsApp == nil {
+		return nil
+	}
+	return tlsApp.Manage(names)
 }
 
 // Stop stops accepting connections and lets open sessions finish in the

@@ -14,7 +14,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
-	"github.com/caddyserver/certmagic"
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 )
@@ -244,7 +243,11 @@ func (s *Server) provisionTLS(ctx caddy.Context) error {
 	}
 	s.tlsApp = tlsAppIface.(*caddytls.TLS)
 	internal := s.TLS != nil && s.TLS.Issuer == "internal"
-	if internal {
+	if internal && !s.app.internalNames[s.Hostname] {
+		if s.app.internalNames == nil {
+			s.app.internalNames = map[string]bool{}
+		}
+		s.app.internalNames[s.Hostname] = true
 		ap := &caddytls.AutomationPolicy{
 			SubjectsRaw: []string{s.Hostname},
 			IssuersRaw:  []json.RawMessage{json.RawMessage(`{"module":"internal"}`)},
@@ -270,19 +273,6 @@ func (s *Server) provisionTLS(ctx caddy.Context) error {
 	s.tlsConfig = cps.TLSConfig(ctx)
 	s.tlsConfig.NextProtos = nil
 	return nil
-}
-
-func (s *Server) manageCertificates() error {
-	if s.tlsApp == nil {
-		return nil
-	}
-	if s.tlsApp.HasCertificateForSubject(s.Hostname) {
-		return nil
-	}
-	if !certmagic.SubjectQualifiesForCert(s.Hostname) {
-		return fmt.Errorf("tls: hostname %q does not qualify for a certificate", s.Hostname)
-	}
-	return s.tlsApp.Manage(map[string]struct{}{s.Hostname: {}})
 }
 
 func (s *Server) start() error {
