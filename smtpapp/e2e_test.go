@@ -427,3 +427,29 @@ func TestReloadDuringData(t *testing.T) {
 	n.Expect("MAIL FROM:<sender@example.org>", 250)
 	n.Expect("RCPT TO:<robert@example.test>", 250)
 }
+
+// TestDeliveryFailureLeavesNothing: when one of two mailboxes cannot be
+// written, the client gets 451 4.3.0 and neither mailbox has the message.
+func TestDeliveryFailureLeavesNothing(t *testing.T) {
+	env, addr := startMX(t)
+	// bob's Maildir path is taken by a plain file: his copy fails.
+	os.MkdirAll(env.Path("maildir", "example.test"), 0o700)
+	os.WriteFile(env.Path("maildir", "example.test", "bob"), []byte("not a folder"), 0o600)
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<alice@example.test>", 250)
+	c.Expect("RCPT TO:<bob@example.test>", 250)
+	c.Expect("DATA", 354)
+	c.Send("Subject: x\r\n\r\nbody\r\n.\r\n")
+	if r := c.Read(); r.Code != 451 || !strings.HasPrefix(r.Text(), "4.3.0") {
+		t.Fatalf("want 451 4.3.0, got %s", r)
+	}
+	if n := len(aliceMail(t, env)); n != 0 {
+		t.Fatalf("alice got a copy of a message that was refused (%d files)", n)
+	}
+	tmp, _ := os.ReadDir(env.Path("maildir", "example.test", "alice", "tmp"))
+	if len(tmp) != 0 {
+		t.Fatalf("leftovers in tmp/: %v", tmp)
+	}
+}

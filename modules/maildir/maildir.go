@@ -88,15 +88,15 @@ func (m *Maildir) Path(mailbox string, junk bool) (string, error) {
 	return p, nil
 }
 
-// Deliver stores msg once per distinct mailbox among the recipients.
+// Deliver stores msg once per distinct mailbox among the recipients: every
+// copy is written and synced first, then all are made visible in new/.
 func (m *Maildir) Deliver(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp.Message) error {
-	type pending struct{ tmp, dst, dir string }
-	var done []pending
-	cleanup := func() {
-		for _, p := range done {
-			os.Remove(p.tmp)
+	var staged []*stagedFile
+	defer func() {
+		for _, sf := range staged {
+			sf.abort()
 		}
-	}
+	}()
 	seen := map[string]bool{}
 	for _, r := range env.Recipients {
 		if !r.Local() || seen[r.Mailbox] {
@@ -105,45 +105,81 @@ func (m *Maildir) Deliver(ctx context.Context, env *smtpapp.Envelope, msg *smtpa
 		seen[r.Mailbox] = true
 		dir, err := m.Path(r.Mailbox, env.Junk)
 		if err != nil {
-			cleanup()
 			return err
 		}
-		tmp, name, err := m.writeTmp(dir, env, r, msg)
+		sf, err := m.stage(dir, env, r, msg)
 		if err != nil {
-			cleanup()
 			return err
 		}
-		done = append(done, pending{tmp: tmp, dst: filepath.Join(dir, "new", name), dir: dir})
+		staged = append(staged, sf)
 	}
-	// Every copy is synced in tmp/; now make them visible.
-	for i, p := range done {
-		if err := os.Rename(p.tmp, p.dst); err != nil {
-			for _, q := range done[:i] {
-				os.Remove(q.dst)
+	for i, sf := range staged {
+		if err := sf.commit(); err != nil {
+			for _, done := range staged[:i] {
+				os.Remove(done.dst)
 			}
-			cleanup()
 			return err
 		}
 	}
-	for _, p := range done {
-		if err := syncDir(filepath.Join(p.dir, "new")); err != nil {
+	for _, sf := range staged {
+		if err := syncDir(filepath.Dir(sf.dst)); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (m *Maildir) writeTmp(dir string, env *smtpapp.Envelope, r smtpapp.Recipient, msg *smtpapp.Message) (string, string, error) {
-	if err := ensureMaildir(dir); err != nil {
-		return "", "", err
+// stagedFile is a synced copy not yet visible in new/: an unnamed file
+// (O_TMPFILE, linked into new/ on commit) or, where the file system lacks
+// those, a file in tmp/ (renamed on commit).
+type stagedFile struct {
+	f   *os.File // unnamed file, or nil
+	tmp string   // named file in tmp/, or ""
+	dst string
+}
+
+func (sf *stagedFile) commit() error {
+	var err error
+	if sf.f != nil {
+		err = linkUnnamed(sf.f, sf.dst)
+		sf.f.Close()
+		sf.f = nil
+	} else {
+		err = os.Rename(sf.tmp, sf.dst)
+		sf.tmp = ""
 	}
+	return err
+}
+
+func (sf *stagedFile) abort() {
+	if sf.f != nil {
+		sf.f.Close() // an unnamed file vanishes with its last descriptor
+	}
+	if sf.tmp != "" {
+		os.Remove(sf.tmp)
+	}
+}
+
+func (m *Maildir) stage(dir string, env *smtpapp.Envelope, r smtpapp.Recipient, msg *smtpapp.Message) (*stagedFile, error) {
 	now := time.Now()
 	base := strconv.FormatInt(now.Unix(), 10) + ".M" + strconv.Itoa(now.Nanosecond()/1000) +
 		"P" + strconv.Itoa(os.Getpid()) + "Q" + strconv.FormatUint(seq.Add(1), 10) + "." + m.hostname
-	tmp := filepath.Join(dir, "tmp", base)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return "", "", err
+	sf := &stagedFile{}
+	f, err := openUnnamed(filepath.Join(dir, "tmp"))
+	if os.IsNotExist(err) { // first message: create the Maildir
+		if err := ensureMaildir(dir); err != nil {
+			return nil, err
+		}
+		f, err = openUnnamed(filepath.Join(dir, "tmp"))
+	}
+	if err != nil { // no O_TMPFILE here: the classic tmp/ file
+		sf.tmp = filepath.Join(dir, "tmp", base)
+		f, err = os.OpenFile(sf.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		sf.f = f
 	}
 	head := "Return-Path: <" + env.From + ">\r\nDelivered-To: " + r.Address + "\r\n"
 	n, err := f.WriteString(head)
@@ -155,23 +191,23 @@ func (m *Maildir) writeTmp(dir string, env *smtpapp.Envelope, r smtpapp.Recipien
 	if err == nil {
 		err = f.Sync()
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	if sf.tmp != "" {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
 	}
 	if err != nil {
-		os.Remove(tmp)
-		return "", "", err
+		sf.abort()
+		return nil, err
 	}
 	// Dovecot reads the size from S= and skips a stat.
-	return tmp, base + ",S=" + strconv.Itoa(n), nil
+	sf.dst = filepath.Join(dir, "new", base+",S="+strconv.Itoa(n))
+	return sf, nil
 }
 
 // ensureMaildir creates the Maildir (and the Maildir++ marker for a
 // subfolder) if missing.
 func ensureMaildir(dir string) error {
-	if _, err := os.Stat(filepath.Join(dir, "new")); err == nil {
-		return nil
-	}
 	for _, sub := range []string{"tmp", "new", "cur"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return err
