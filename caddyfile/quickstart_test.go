@@ -1,12 +1,17 @@
 package caddyfile_test
 
 import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+	"time"
 
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 )
@@ -41,5 +46,49 @@ func TestQuickStartExample(t *testing.T) {
 	body, _ := os.ReadFile(files[0])
 	if !strings.HasSuffix(string(body), "Subject: quick start\r\n\r\nhello alice\r\n") {
 		t.Fatalf("stored: %q", body)
+	}
+
+	// Submission as the README's mail-client section says: alice logs in
+	// on 2587 with STARTTLS and on 2465 with implicit TLS.
+	crt := "data/caddy/certificates/local/mail.example.test/mail.example.test.crt"
+	if !testenv.WaitFor(10*time.Second, func() bool { _, err := os.Stat(crt); return err == nil }) {
+		t.Fatal("no certificate for mail.example.test")
+	}
+	pem, err := os.ReadFile("data/caddy/pki/authorities/local/root.crt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	tlsConfig := &tls.Config{RootCAs: roots, ServerName: "mail.example.test"}
+	login := "AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice@example.test\x00demo-alice"))
+
+	s, _ := testenv.Dial(t, "127.0.0.1:2587")
+	s.Expect("EHLO client.example.org", 250)
+	s.StartTLS(tlsConfig)
+	s.Expect("EHLO client.example.org", 250)
+	s.Expect(login, 235)
+	s.Expect("MAIL FROM:<alice@example.test>", 250)
+	s.Expect("RCPT TO:<bob@example.test>", 250)
+	s.Expect("DATA", 354)
+	s.Send("Subject: from alice\r\n\r\nhi bob\r\n.\r\n")
+	if r := s.Read(); r.Code != 250 {
+		t.Fatalf("submission DATA: %s", r)
+	}
+
+	conn, err := tls.Dial("tcp", "127.0.0.1:2465", tlsConfig)
+	if err != nil {
+		t.Fatalf("implicit TLS on 2465: %v", err)
+	}
+	ss := &testenv.Client{T: t, Conn: conn, R: bufio.NewReader(conn)}
+	if r := ss.Read(); r.Code != 220 {
+		t.Fatalf("greeting on 2465: %s", r)
+	}
+	ss.Expect("EHLO client.example.org", 250)
+	ss.Expect(login, 235)
+	ss.Expect("QUIT", 221)
+
+	if files, _ := filepath.Glob("data/maildir/example.test/bob/new/*"); len(files) != 1 {
+		t.Fatalf("bob: want 1 message, got %v", files)
 	}
 }
