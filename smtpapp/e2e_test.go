@@ -3,6 +3,8 @@ package smtpapp_test
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -451,5 +453,34 @@ func TestDeliveryFailureLeavesNothing(t *testing.T) {
 	tmp, _ := os.ReadDir(env.Path("maildir", "example.test", "alice", "tmp"))
 	if len(tmp) != 0 {
 		t.Fatalf("leftovers in tmp/: %v", tmp)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	env, addr := startMX(t)
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<nobody@example.test>", 550)
+	c.Expect("RCPT TO:<alice@example.test>", 250)
+	c.Expect("DATA", 354)
+	c.Send("Subject: x\r\n\r\nbody\r\n.\r\n")
+	c.Read()
+	c.Expect("QUIT", 221)
+	resp, err := http.Get("http://" + env.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`caddy_smtp_messages_total{result="delivered",server="mx"}`,
+		`caddy_smtp_refusals_total{module="",reason="no_such_user",server="mx",stage="rcpt"}`,
+		`caddy_smtp_abuse_events_total{kind="unknown_recipient",server="mx"}`,
+		`caddy_smtp_connections_total{server="mx"}`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
