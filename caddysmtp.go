@@ -6,6 +6,7 @@ import (
 	_ "github.com/caddy-smtp/caddy-smtp/caddyfile"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/file"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/lmtp"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/maildir"
 	_ "github.com/caddy-smtp/caddy-smtp/smtpapp"
 )

@@ -1,0 +1,199 @@
+// Package lmtp is the smtp.delivery.lmtp module: it hands local mail to an
+// LMTP server (RFC 2033), typically Dovecot, which stores it (and runs
+// Sieve, quotas, full-text indexing).
+package lmtp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-smtp/caddy-smtp/smtpapp"
+)
+
+func init() {
+	caddy.RegisterModule(LMTP{})
+}
+
+// LMTP delivers local mail to an LMTP server. Delivery succeeds only if the
+// server accepted the message for every recipient; a per-recipient refusal
+// makes the whole delivery fail (the client is told 451 and retries), so a
+// recipient may get a copy twice in that case, never none.
+type LMTP struct {
+	// Address of the LMTP server: "unix//run/dovecot/lmtp" or
+	// "tcp/127.0.0.1:24" (Caddy network address syntax). Required.
+	Address string `json:"address,omitempty"`
+
+	// Hostname sent in LHLO. Default: the machine's host name.
+	Hostname string `json:"hostname,omitempty"`
+
+	// Timeout for the whole exchange with the server. Default: 2m.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// RecipientAddress chooses what is sent as RCPT TO: "mailbox" (the
+	// local account's canonical address, default) or "original" (the
+	// address the sender used, e.g. an alias or user+tag).
+	RecipientAddress string `json:"recipient_address,omitempty"`
+
+	network, addr string
+	logger        *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (LMTP) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "smtp.delivery.lmtp", New: func() caddy.Module { return new(LMTP) }}
+}
+
+// Provision checks the config.
+func (l *LMTP) Provision(ctx caddy.Context) error {
+	l.logger = ctx.Logger()
+	if l.Address == "" {
+		return fmt.Errorf("address: the LMTP server's address is required")
+	}
+	na, err := caddy.ParseNetworkAddress(caddy.NewReplacer().ReplaceKnown(l.Address, ""))
+	if err != nil {
+		return fmt.Errorf("address: %v", err)
+	}
+	if na.PortRangeSize() > 1 {
+		return fmt.Errorf("address: a single address is required, not a port range")
+	}
+	l.network, l.addr = na.Network, na.JoinHostPort(0)
+	if na.IsUnixNetwork() {
+		l.addr = na.Host
+	}
+	if l.Hostname == "" {
+		l.Hostname, _ = os.Hostname()
+	}
+	if l.Timeout == 0 {
+		l.Timeout = caddy.Duration(2 * time.Minute)
+	}
+	switch l.RecipientAddress {
+	case "", "mailbox", "original":
+	default:
+		return fmt.Errorf("recipient_address: %q is not \"mailbox\" or \"original\"", l.RecipientAddress)
+	}
+	return nil
+}
+
+// Deliver sends the message to the LMTP server for the local recipients.
+func (l *LMTP) Deliver(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp.Message) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(l.Timeout))
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, l.network, l.addr)
+	if err != nil {
+		return fmt.Errorf("connecting to the LMTP server: %w", err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	c := smtp.NewClientLMTP(conn)
+	defer c.Close()
+	if err := c.Hello(l.Hostname); err != nil {
+		return fmt.Errorf("LHLO: %w", err)
+	}
+	if err := c.Mail(env.From, nil); err != nil {
+		return fmt.Errorf("MAIL FROM: %w", err)
+	}
+	seen := map[string]bool{}
+	for _, r := range env.Recipients {
+		if !r.Local() {
+			continue
+		}
+		to := r.Mailbox
+		if l.RecipientAddress == "original" {
+			to = r.Address
+		}
+		if seen[to] {
+			continue
+		}
+		seen[to] = true
+		if err := c.Rcpt(to, nil); err != nil {
+			return fmt.Errorf("RCPT TO:<%s>: %w", to, err)
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return fmt.Errorf("DATA: %w", err)
+	}
+	if _, err := msg.WriteTo(w); err != nil {
+		return fmt.Errorf("sending the message: %w", err)
+	}
+	results, err := w.CloseWithLMTPResponse()
+	if err != nil {
+		var lerr smtp.LMTPDataError
+		if errors.As(err, &lerr) {
+			var failed []string
+			for rcpt, e := range lerr {
+				failed = append(failed, rcpt+": "+e.Error())
+			}
+			return fmt.Errorf("LMTP server refused: %s", strings.Join(failed, "; "))
+		}
+		return fmt.Errorf("end of data: %w", err)
+	}
+	l.logger.Debug("delivered over LMTP", zap.String("id", env.ID), zap.Int("recipients", len(results)))
+	c.Quit()
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the module from Caddyfile tokens:
+//
+//	lmtp <address> {
+//		hostname <name>
+//		timeout <duration>
+//		recipient_address mailbox|original
+//	}
+func (l *LMTP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // module name
+	if d.NextArg() {
+		l.Address = d.Val()
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "address":
+			if !d.Args(&l.Address) {
+				return d.ArgErr()
+			}
+		case "hostname":
+			if !d.Args(&l.Hostname) {
+				return d.ArgErr()
+			}
+		case "recipient_address":
+			if !d.Args(&l.RecipientAddress) {
+				return d.ArgErr()
+			}
+		case "timeout":
+			var v string
+			if !d.Args(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return d.Errf("timeout: %v", err)
+			}
+			l.Timeout = caddy.Duration(dur)
+		default:
+			return d.Errf("unrecognized lmtp option %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner      = (*LMTP)(nil)
+	_ caddyfile.Unmarshaler  = (*LMTP)(nil)
+	_ smtpapp.DeliveryTarget = (*LMTP)(nil)
+)

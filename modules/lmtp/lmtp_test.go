@@ -1,0 +1,126 @@
+package lmtp_test
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/lmtp"
+)
+
+// lmtpServer is a real LMTP server (go-smtp in LMTP mode) on a Unix socket
+// that records what it stores and refuses the recipients in refuse.
+type lmtpServer struct {
+	mu     sync.Mutex
+	stored map[string][]string // recipient -> messages
+	from   []string
+	refuse map[string]bool
+}
+
+type lmtpSession struct {
+	s    *lmtpServer
+	from string
+	to   []string
+}
+
+func (s *lmtpServer) NewSession(*smtp.Conn) (smtp.Session, error) { return &lmtpSession{s: s}, nil }
+func (ls *lmtpSession) Reset()                                    { ls.to = nil }
+func (ls *lmtpSession) Logout() error                             { return nil }
+func (ls *lmtpSession) Mail(from string, _ *smtp.MailOptions) error {
+	ls.from = from
+	return nil
+}
+func (ls *lmtpSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	ls.to = append(ls.to, to)
+	return nil
+}
+func (ls *lmtpSession) Data(r io.Reader) error { return fmt.Errorf("not LMTP") }
+func (ls *lmtpSession) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	b, _ := io.ReadAll(r)
+	ls.s.mu.Lock()
+	defer ls.s.mu.Unlock()
+	ls.s.from = append(ls.s.from, ls.from)
+	for _, to := range ls.to {
+		if ls.s.refuse[to] {
+			status.SetStatus(to, &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "Mailbox full"})
+			continue
+		}
+		ls.s.stored[to] = append(ls.s.stored[to], string(b))
+		status.SetStatus(to, nil)
+	}
+	return nil
+}
+
+func TestLMTPDelivery(t *testing.T) {
+	env := testenv.New(t)
+	sock := env.Path("lmtp.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend := &lmtpServer{stored: map[string][]string{}, refuse: map[string]bool{"bob@example.test": true}}
+	srv := smtp.NewServer(backend)
+	srv.LMTP = true
+	srv.Domain = "dovecot.example.test"
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	app := map[string]any{
+		"local_domains": []string{"example.test"},
+		"accounts": map[string]any{"provider": "static", "accounts": []any{
+			map[string]any{"address": "alice@example.test", "aliases": []string{"postmaster@example.test"}},
+			map[string]any{"address": "bob@example.test"},
+		}},
+		"local_delivery": map[string]any{"target": "lmtp", "address": "unix/" + sock},
+		"spool_dir":      env.Path("spool"),
+		"servers": map[string]any{"mx": map[string]any{
+			"listen": []string{addr}, "hostname": "mail.example.test", "tls": map[string]any{"disable_starttls": true},
+		}},
+	}
+	env.Load(env.Config(app, nil))
+
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<postmaster@example.test>", 250)
+	c.Expect("DATA", 354)
+	c.Send("Subject: over lmtp\r\n\r\nhello\r\n.\r\n")
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("DATA: %s", r)
+	}
+	backend.mu.Lock()
+	got := backend.stored["alice@example.test"]
+	backend.mu.Unlock()
+	if len(got) != 1 || !strings.HasSuffix(got[0], "Subject: over lmtp\r\n\r\nhello\r\n") || !strings.Contains(got[0], "Received: from client.example.org") {
+		t.Fatalf("LMTP server got %q", got)
+	}
+
+	// A recipient the LMTP server refuses: the client is told to retry.
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<bob@example.test>", 250)
+	c.Expect("DATA", 354)
+	c.Send("Subject: full\r\n\r\nhello\r\n.\r\n")
+	if r := c.Read(); r.Code != 451 {
+		t.Fatalf("refused by LMTP: want 451, got %s", r)
+	}
+}
+
+func TestLMTPConfigErrors(t *testing.T) {
+	env := testenv.New(t)
+	app := map[string]any{
+		"local_delivery": map[string]any{"target": "lmtp"},
+		"servers":        map[string]any{"mx": map[string]any{"listen": []string{"127.0.0.1:0"}, "hostname": "mail.example.test"}},
+	}
+	err := env.LoadErr(env.Config(app, nil))
+	if err == nil || !strings.Contains(err.Error(), "address") {
+		t.Fatalf("want an error naming address, got %v", err)
+	}
+}
