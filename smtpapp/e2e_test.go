@@ -484,3 +484,40 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 }
+
+func TestBDAT(t *testing.T) {
+	env, addr := startMX(t)
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<alice@example.test>", 250)
+	part1 := "Subject: chunks\r\n\r\n"
+	part2 := "one\r\ntwo\r\n"
+	c.Send(fmt.Sprintf("BDAT %d\r\n%s", len(part1), part1))
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("BDAT chunk: %s", r)
+	}
+	c.Send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(part2), part2))
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("BDAT LAST: %s", r)
+	}
+	files := aliceMail(t, env)
+	if len(files) != 1 {
+		t.Fatalf("want 1 message, got %d", len(files))
+	}
+	got, _ := os.ReadFile(files[0])
+	if !bytes.HasSuffix(got, []byte(part1+part2)) {
+		t.Fatalf("stored %q", got)
+	}
+	// A bare LF inside a chunk is refused too.
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<alice@example.test>", 250)
+	bad := "Subject: x\r\n\r\nbare\nlf\r\n"
+	c.Send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(bad), bad))
+	if r := c.Read(); r.Code/100 != 5 {
+		t.Fatalf("BDAT with bare LF: %s", r)
+	}
+	if n := len(aliceMail(t, env)); n != 1 {
+		t.Fatalf("bare-LF chunk stored")
+	}
+}
