@@ -1,0 +1,387 @@
+package queue
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+)
+
+// The outbound SMTP client. go-smtp's client cannot send our EHLO name
+// before STARTTLS (its StartTLS is not exported and NewClientStartTLS says
+// EHLO localhost), and it hides the replies of pipelined commands, so the
+// queue speaks SMTP itself: greeting, EHLO/HELO, STARTTLS, AUTH, and MAIL,
+// RCPT, DATA pipelined (RFC 2920) when the server offers it, with every
+// reply kept per recipient.
+
+// reply is an SMTP reply.
+type reply struct {
+	Code     int
+	Enhanced string // "5.1.1", or "" when the server sent none
+	Text     string // without the codes; lines joined by "; "
+	lines    []string
+}
+
+func (r *reply) Error() string {
+	if r.Enhanced != "" {
+		return strconv.Itoa(r.Code) + " " + r.Enhanced + " " + r.Text
+	}
+	return strconv.Itoa(r.Code) + " " + r.Text
+}
+
+func (r *reply) ok() bool   { return r.Code >= 200 && r.Code < 400 }
+func (r *reply) temp() bool { return r.Code >= 400 && r.Code < 500 }
+
+// maxReplyLine bounds a reply line (RFC 5321 allows 512).
+const maxReplyLine = 4096
+
+type client struct {
+	conn       net.Conn
+	text       *textproto.Conn
+	ext        map[string]string
+	timeout    time.Duration // per command
+	tlsState   *tls.ConnectionState
+	serverName string // from the greeting
+}
+
+func newClient(conn net.Conn, timeout time.Duration) *client {
+	c := &client{timeout: timeout}
+	c.setConn(conn)
+	return c
+}
+
+func (c *client) setConn(conn net.Conn) {
+	c.conn = conn
+	r := bufio.NewReaderSize(&lineLimitReader{r: conn, max: maxReplyLine}, 4096)
+	c.text = textproto.NewConn(struct {
+		io.Reader
+		io.Writer
+		io.Closer
+	}{r, conn, conn})
+}
+
+func (c *client) close() error { return c.conn.Close() }
+
+// read reads one reply.
+func (c *client) read() (*reply, error) {
+	c.conn.SetReadDeadline(time.Now().Add(c.timeout))
+	code, msg, err := c.text.ReadResponse(0)
+	if err != nil {
+		return nil, err
+	}
+	if code < 200 || code > 599 {
+		return nil, fmt.Errorf("bad reply code %d", code)
+	}
+	r := &reply{Code: code}
+	lines := strings.Split(msg, "\n")
+	for i, l := range lines {
+		if enh, rest, ok := strings.Cut(l, " "); ok && isEnhanced(enh, code) {
+			if i == 0 {
+				r.Enhanced = enh
+			}
+			lines[i] = rest
+		} else if isEnhanced(l, code) {
+			if i == 0 {
+				r.Enhanced = l
+			}
+			lines[i] = ""
+		}
+	}
+	r.lines = lines
+	r.Text = strings.Join(lines, "; ")
+	return r, nil
+}
+
+// isEnhanced reports whether s is an RFC 3463 code matching the reply class.
+func isEnhanced(s string, code int) bool {
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 || len(parts[0]) != 1 || int(parts[0][0]-'0') != code/100 {
+		return false
+	}
+	for _, p := range parts[1:] {
+		if p == "" || len(p) > 3 {
+			return false
+		}
+		for _, ch := range p {
+			if ch < '0' || ch > '9' {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (c *client) write(lines ...string) error {
+	c.conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	for _, l := range lines {
+		if strings.ContainsAny(l, "\r\n") {
+			return fmt.Errorf("refusing to send a command with a line break")
+		}
+		if _, err := c.text.W.WriteString(l + "\r\n"); err != nil {
+			return err
+		}
+	}
+	return c.text.W.Flush()
+}
+
+func (c *client) cmd(line string) (*reply, error) {
+	if err := c.write(line); err != nil {
+		return nil, err
+	}
+	return c.read()
+}
+
+// greet reads the greeting; a non-220 greeting is returned as the error.
+func (c *client) greet() error {
+	r, err := c.read()
+	if err != nil {
+		return err
+	}
+	if r.Code != 220 {
+		return r
+	}
+	c.serverName, _, _ = strings.Cut(r.Text, " ")
+	return nil
+}
+
+// hello says EHLO, or HELO if the server refuses EHLO.
+func (c *client) hello(name string) error {
+	r, err := c.cmd("EHLO " + name)
+	if err != nil {
+		return err
+	}
+	c.ext = map[string]string{}
+	if r.Code == 250 {
+		for _, l := range r.lines[1:] {
+			k, v, _ := strings.Cut(l, " ")
+			c.ext[strings.ToUpper(k)] = v
+		}
+		return nil
+	}
+	if r.Code >= 500 {
+		r, err = c.cmd("HELO " + name)
+		if err != nil {
+			return err
+		}
+		if r.Code == 250 {
+			return nil
+		}
+	}
+	return r
+}
+
+func (c *client) has(ext string) bool {
+	_, ok := c.ext[ext]
+	return ok
+}
+
+// errTLSHandshake marks a failed handshake after the server said 220 to
+// STARTTLS: the connection is unusable.
+type errTLSHandshake struct{ err error }
+
+func (e *errTLSHandshake) Error() string { return "TLS handshake: " + e.err.Error() }
+func (e *errTLSHandshake) Unwrap() error { return e.err }
+
+// startTLS upgrades the connection. A refusal of the command is returned as
+// a *reply and leaves the plain session usable.
+func (c *client) startTLS(ctx context.Context, cfg *tls.Config) error {
+	r, err := c.cmd("STARTTLS")
+	if err != nil {
+		return err
+	}
+	if r.Code != 220 {
+		return r
+	}
+	tc := tls.Client(c.conn, cfg)
+	hctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return &errTLSHandshake{err}
+	}
+	st := tc.ConnectionState()
+	c.tlsState = &st
+	c.setConn(tc)
+	return nil
+}
+
+// auth runs an AUTH exchange.
+func (c *client) auth(a sasl.Client) error {
+	mech, resp, err := a.Start()
+	if err != nil {
+		return err
+	}
+	line := "AUTH " + mech
+	if resp != nil {
+		if len(resp) == 0 {
+			line += " ="
+		} else {
+			line += " " + base64.StdEncoding.EncodeToString(resp)
+		}
+	}
+	r, err := c.cmd(line)
+	for err == nil && r.Code == 334 {
+		var challenge []byte
+		challenge, err = base64.StdEncoding.DecodeString(r.Text)
+		if err != nil {
+			c.write("*")
+			c.read()
+			return fmt.Errorf("AUTH: bad challenge from server: %v", err)
+		}
+		resp, err = a.Next(challenge)
+		if err != nil {
+			c.write("*")
+			c.read()
+			return err
+		}
+		r, err = c.cmd(base64.StdEncoding.EncodeToString(resp))
+	}
+	if err != nil {
+		return err
+	}
+	if r.Code != 235 {
+		return r
+	}
+	return nil
+}
+
+// txResult is the outcome of one mail transaction.
+type txResult struct {
+	mail  *reply   // reply to MAIL
+	rcpts []*reply // reply to each RCPT (nil if not sent)
+	data  *reply   // reply to DATA (354) or its refusal
+	final *reply   // reply after the message, if it was sent
+	// sent is true once the end of data was written: a failure after that
+	// may still have been delivered.
+	sent bool
+}
+
+// transaction sends one message to rcpts. An error means the connection
+// failed; what replies came are in the result.
+func (c *client) transaction(from string, rcpts []string, size int64, dataTimeout time.Duration, body func(io.Writer) error) (*txResult, error) {
+	res := &txResult{rcpts: make([]*reply, len(rcpts))}
+	mail := "MAIL FROM:<" + from + ">"
+	if c.has("SIZE") {
+		mail += " SIZE=" + strconv.FormatInt(size, 10)
+	}
+	if c.has("8BITMIME") {
+		mail += " BODY=8BITMIME"
+	}
+	pipelining := c.has("PIPELINING")
+	var err error
+	if pipelining {
+		lines := []string{mail}
+		for _, r := range rcpts {
+			lines = append(lines, "RCPT TO:<"+r+">")
+		}
+		lines = append(lines, "DATA")
+		if err := c.write(lines...); err != nil {
+			return res, err
+		}
+		if res.mail, err = c.read(); err != nil {
+			return res, err
+		}
+		for i := range rcpts {
+			if res.rcpts[i], err = c.read(); err != nil {
+				return res, err
+			}
+		}
+		if res.data, err = c.read(); err != nil {
+			return res, err
+		}
+	} else {
+		if res.mail, err = c.cmd(mail); err != nil {
+			return res, err
+		}
+		if !res.mail.ok() {
+			return res, nil
+		}
+		for i, r := range rcpts {
+			if res.rcpts[i], err = c.cmd("RCPT TO:<" + r + ">"); err != nil {
+				return res, err
+			}
+		}
+	}
+	accepted := 0
+	for _, r := range res.rcpts {
+		if r != nil && r.ok() {
+			accepted++
+		}
+	}
+	if !pipelining && res.mail.ok() && accepted > 0 {
+		if res.data, err = c.cmd("DATA"); err != nil {
+			return res, err
+		}
+	}
+	if res.data == nil || res.data.Code != 354 {
+		// Nothing to send: leave the session clean for the next one.
+		if _, err := c.cmd("RSET"); err != nil {
+			return res, err
+		}
+		return res, nil
+	}
+	if !res.mail.ok() || accepted == 0 {
+		// A pipelining server said 354 with no valid recipient (RFC 2920
+		// 3.1): end the empty message and ignore its reply.
+		if _, err := c.cmd("."); err != nil {
+			return res, err
+		}
+		return res, nil
+	}
+	c.conn.SetWriteDeadline(time.Now().Add(dataTimeout))
+	dw := c.text.DotWriter()
+	if err := body(dw); err != nil {
+		return res, err
+	}
+	if err := dw.Close(); err != nil {
+		return res, err
+	}
+	res.sent = true
+	c.conn.SetReadDeadline(time.Now().Add(dataTimeout))
+	saved := c.timeout
+	c.timeout = dataTimeout
+	res.final, err = c.read()
+	c.timeout = saved
+	return res, err
+}
+
+// quit ends the session politely; errors do not matter any more.
+func (c *client) quit() {
+	c.timeout = 10 * time.Second
+	c.cmd("QUIT")
+	c.close()
+}
+
+// lineLimitReader fails a reply line longer than max bytes, so that a
+// hostile server cannot make the client buffer without end.
+type lineLimitReader struct {
+	r   io.Reader
+	max int
+	cur int
+}
+
+var errLineTooLong = errors.New("reply line too long")
+
+func (l *lineLimitReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	for _, b := range p[:n] {
+		if b == '\n' {
+			l.cur = 0
+			continue
+		}
+		l.cur++
+		if l.cur > l.max {
+			return 0, errLineTooLong
+		}
+	}
+	return n, err
+}

@@ -1,0 +1,43 @@
+package queue
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The collectors are package-level so that counts survive config reloads;
+// each config's registry gets the same collectors.
+var (
+	metricQueued = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "smtp", Name: "queue_messages",
+		Help: "Messages in the outbound queue.",
+	})
+	metricDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "smtp", Name: "queue_deliveries_total",
+		Help: "Per-recipient delivery attempts of the outbound queue by result (delivered, deferred, bounced).",
+	}, []string{"result"})
+	metricDSN = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "smtp", Name: "queue_dsn_total",
+		Help: "Delivery status notifications queued, by kind (failed, delayed, dropped).",
+	}, []string{"kind"})
+	metricSessions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "smtp", Name: "queue_sessions_total",
+		Help: "Outbound SMTP sessions by TLS state (none, unverified, verified) and result (ok, error).",
+	}, []string{"tls", "result"})
+)
+
+func registerMetrics(reg prometheus.Registerer) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{metricQueued, metricDeliveries, metricDSN, metricSessions} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,202 @@
+package queue_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	_ "github.com/caddy-smtp/caddy-smtp/caddyfile"
+	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
+)
+
+func adaptCaddyfile(t *testing.T, src []byte, strict bool) map[string]any {
+	t.Helper()
+	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(src, map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatalf("adapting: %v", err)
+	}
+	for _, w := range warnings {
+		if strict {
+			t.Errorf("warning: %s", w)
+		}
+	}
+	var cfg struct {
+		Apps struct {
+			SMTP struct {
+				Outbound map[string]any `json:"outbound"`
+			} `json:"smtp"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	return cfg.Apps.SMTP.Outbound
+}
+
+func TestCaddyfile(t *testing.T) {
+	got := adaptCaddyfile(t, []byte(`{
+	smtp {
+		local_domains example.test
+		outbound queue /var/spool/caddy-smtp {
+			hostname mail.example.test
+			max_concurrency 50
+			max_per_domain 10
+			max_recipients 200
+			remote_port 2525
+			retry {
+				initial 1m
+				max 2h
+				multiplier 3
+				jitter 0
+				give_up 3d
+				warn_after 4h
+			}
+			tls verify {
+				ca_file /etc/ssl/roots.pem
+			}
+			smarthost relay.example.net:465 {
+				username user
+				password {env.PW}
+				tls implicit
+				ca_file /etc/ssl/relay.pem
+			}
+			dkim {
+				selector s1
+				key_type ed25519
+				domains example.test
+			}
+			timeouts {
+				connect 10s
+				command 1m
+				data 5m
+			}
+		}
+		server mx {
+			listen 127.0.0.1:2525
+		}
+	}
+}`), false)
+	want := `{"dkim":{"domains":["example.test"],"key_type":"ed25519","selector":"s1"},"hostname":"mail.example.test",` +
+		`"max_concurrency":50,"max_per_domain":10,"max_recipients":200,"path":"/var/spool/caddy-smtp","remote_port":2525,` +
+		`"retry":{"give_up":259200000000000,"initial":60000000000,"jitter":-1,"max":7200000000000,"multiplier":3,"warn_after":14400000000000},` +
+		`"smarthost":{"address":"relay.example.net:465","ca_file":"/etc/ssl/relay.pem","password":"{env.PW}","tls":"implicit","username":"user"},` +
+		`"target":"queue","timeouts":{"command":60000000000,"connect":10000000000,"data":300000000000},` +
+		`"tls":{"ca_file":"/etc/ssl/roots.pem","verify":true}}`
+	b, _ := json.Marshal(got)
+	if string(b) != want {
+		t.Errorf("adapted outbound:\n got %s\nwant %s", b, want)
+	}
+
+	for _, tc := range []struct{ bad, want string }{
+		{"outbound queue { retry { sometimes 1m } }", "unrecognized retry option"},
+		{"outbound queue { tls maybe }", "not off, opportunistic"},
+		{"outbound queue { dkim on }", "the only argument is off"},
+		{"outbound queue { max_concurrency many }", "not a positive number"},
+		{"outbound queue { retry { initial soon } }", "initial"},
+		{"outbound queue { frobnicate }", "unrecognized queue option"},
+		{"outbound queue a b", "wrong argument count"},
+	} {
+		src := "{\n\tsmtp {\n\t\t" + strings.ReplaceAll(tc.bad, "{ ", "{\n") + "\n\t\tserver mx {\n\t\t\tlisten :2525\n\t\t}\n\t}\n}"
+		src = strings.ReplaceAll(src, " }", "\n}")
+		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: want an error with %q, got %v", tc.bad, tc.want, err)
+		}
+	}
+}
+
+// The example Caddyfile adapts, and loads with its paths moved to a
+// temporary folder.
+func TestExampleCaddyfile(t *testing.T) {
+	src, err := os.ReadFile("../../examples/queue.Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := adaptCaddyfile(t, src, true)
+	if got["target"] != "queue" || got["path"] != "./data/queue" || got["hostname"] != "mail.example.test" {
+		t.Errorf("example outbound: %v", got)
+	}
+	env := testenv.New(t)
+	dir := env.Path("example")
+	port := testenv.FreePort(t)
+	s := strings.ReplaceAll(string(src), "./data", dir)
+	s = strings.ReplaceAll(s, "localhost:2019", env.Admin)
+	s = strings.ReplaceAll(s, "127.0.0.1:2587", fmt.Sprintf("127.0.0.1:%d", port))
+	s = strings.Replace(s, "key_type rsa2048", "key_type ed25519", 1)
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(s), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Load(cfg)
+	if _, err := os.Stat(filepath.Join(dir, "queue", "queue")); err != nil {
+		t.Errorf("the example's spool was not created: %v", err)
+	}
+}
+
+// While another process holds the spool lock, messages are accepted and
+// kept but not delivered; once the lock is free they are.
+func TestSpoolLockedElsewhere(t *testing.T) {
+	h := newHarness(t, "127.0.0.2")
+	spool := h.env.Path("queue")
+	os.MkdirAll(spool, 0o700)
+	lf, err := os.OpenFile(filepath.Join(spool, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	h.load()
+	h.send("alice@example.test", []string{"bob@example.org"}, message("locked", "bob@example.org"))
+	mx := h.mx["127.0.0.2"]
+	if mx.WaitMessages(1, 700*time.Millisecond) {
+		t.Fatal("delivered while another process holds the spool lock")
+	}
+	if files, _ := os.ReadDir(filepath.Join(spool, "queue")); len(files) != 1 {
+		t.Fatalf("the message is not in the spool: %v", files)
+	}
+	lf.Close() // the other process exits
+	if !mx.WaitMessages(1, 5*time.Second) {
+		t.Fatal("not delivered after the lock was released")
+	}
+}
+
+// A reload with shorter retry settings applies to messages already
+// waiting; metrics count deliveries.
+func TestReloadAppliesRetrySettings(t *testing.T) {
+	h := newHarness(t, "127.0.0.2", "127.0.0.4")
+	h.mx["127.0.0.4"].Close()
+	h.dns.Add(t, "down.example. 300 IN MX 10 mx.down.example.", "mx.down.example. 300 IN A 127.0.0.4")
+	h.queue["retry"] = map[string]any{"initial": "1h", "jitter": -1}
+	h.load()
+	h.send("alice@example.test", []string{"x@down.example"}, message("waiting", "x@down.example"))
+	testenv.WaitFor(5*time.Second, func() bool { l := h.list(); return len(l) == 1 && l[0].Attempts == 1 })
+	mx := testenv.StartMX(t, fmt.Sprintf("127.0.0.4:%d", h.port), testenv.MXOptions{})
+	h.queue["retry"] = map[string]any{"initial": "100ms", "max": "200ms", "jitter": -1}
+	h.load()
+	if !mx.WaitMessages(1, 3*time.Second) {
+		t.Fatalf("the new retry settings did not apply to the waiting message: %+v", h.list())
+	}
+	h.waitEmpty(3 * time.Second)
+
+	resp, err := http.Get("http://" + h.env.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`caddy_smtp_queue_deliveries_total{result="deferred"}`, `caddy_smtp_queue_deliveries_total{result="delivered"}`, "caddy_smtp_queue_messages "} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}

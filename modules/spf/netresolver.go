@@ -1,0 +1,106 @@
+package spf
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/miekg/dns"
+
+	"github.com/caddy-smtp/caddy-smtp/smtpapp"
+)
+
+// netResolver gives the app's resolver the shape of *net.Resolver that
+// the SPF library takes, with its errors as *net.DNSError (IsNotFound for
+// NXDOMAIN and empty answers, IsTemporary for failures).
+type netResolver struct{ r *smtpapp.Resolver }
+
+func netError(name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, smtpapp.ErrNotFound) {
+		return &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
+	}
+	var de *smtpapp.DNSError
+	if errors.As(err, &de) {
+		timeout := errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "timeout")
+		return &net.DNSError{Err: err.Error(), Name: name, IsTemporary: true, IsTimeout: timeout}
+	}
+	return &net.DNSError{Err: err.Error(), Name: name}
+}
+
+// LookupTXT returns the TXT records of name, each record's strings joined
+// and unescaped (miekg/dns presents them escaped).
+func (n netResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	in, err := n.r.Query(ctx, name, dns.TypeTXT)
+	if err != nil {
+		return nil, netError(name, err)
+	}
+	var out []string
+	for _, rr := range in.Answer {
+		if t, ok := rr.(*dns.TXT); ok {
+			out = append(out, unescapeTXT(strings.Join(t.Txt, "")))
+		}
+	}
+	if len(out) == 0 {
+		return nil, netError(name, smtpapp.ErrNotFound)
+	}
+	return out, nil
+}
+
+func (n netResolver) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
+	mxs, err := n.r.LookupMX(ctx, name)
+	return mxs, netError(name, err)
+}
+
+func (n netResolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error) {
+	ips, err := n.r.LookupIP(ctx, host)
+	if err != nil {
+		return nil, netError(host, err)
+	}
+	out := make([]net.IPAddr, 0, len(ips))
+	for _, ip := range ips {
+		out = append(out, net.IPAddr{IP: net.IP(ip.AsSlice())})
+	}
+	return out, nil
+}
+
+func (n netResolver) LookupAddr(ctx context.Context, addr string) ([]string, error) {
+	ip, err := netip.ParseAddr(addr)
+	if err != nil {
+		return nil, &net.DNSError{Err: "unrecognized address", Name: addr}
+	}
+	names, err := n.r.LookupPTR(ctx, ip)
+	return names, netError(addr, err)
+}
+
+// unescapeTXT turns a TXT string as miekg/dns presents it (\" \\ and
+// \DDD escapes) back into its bytes.
+func unescapeTXT(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' || i+1 >= len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+3 < len(s) && isDigit(s[i+1]) && isDigit(s[i+2]) && isDigit(s[i+3]) {
+			n := int(s[i+1]-'0')*100 + int(s[i+2]-'0')*10 + int(s[i+3]-'0')
+			if n <= 255 {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i+1])
+		i++
+	}
+	return b.String()
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }

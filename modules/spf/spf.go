@@ -1,0 +1,382 @@
+// Package spf is the smtp.handlers.spf module: the SPF check (RFC 7208) of
+// the MAIL FROM domain, or of the HELO name for the null sender, with
+// blitiri.com.ar/go/spf over the app's resolver.
+//
+// The result of the current transaction is left in the connection for
+// other modules (DMARC alignment) under the key "spf", as a
+// map[string]string with "result" (pass, fail...), "domain" (the domain
+// checked), "identity" ("mailfrom" or "helo") and "from" (the MAIL FROM
+// address it belongs to, "" for the null sender).
+package spf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"blitiri.com.ar/go/spf"
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/caddy-smtp/caddy-smtp/smtpapp"
+)
+
+func init() {
+	caddy.RegisterModule(SPF{})
+}
+
+// ConnKey is the key of the SPF result in the connection's values.
+const ConnKey = "spf"
+
+// SPF checks whether the client may send mail for the MAIL FROM domain
+// (for the null sender: the HELO name). Each result maps to an outcome:
+// points added to the spam score, a refusal of MAIL FROM (550 5.7.23), or
+// a temporary refusal (451 4.7.24). A Received-SPF header field (RFC 7208
+// 9.1) records the result on the message. Authenticated sessions are not
+// checked.
+type SPF struct {
+	// Pass: the client is authorized. Default: score 0.
+	Pass *Outcome `json:"pass,omitempty"`
+	// Fail: the domain says the client is not authorized. Default: score 3.
+	Fail *Outcome `json:"fail,omitempty"`
+	// SoftFail: probably not authorized. Default: score 1.5.
+	SoftFail *Outcome `json:"softfail,omitempty"`
+	// Neutral: the domain makes no assertion. Default: score 0.
+	Neutral *Outcome `json:"neutral,omitempty"`
+	// None: the domain publishes no SPF record (or there is no domain to
+	// check). Default: score 0.5.
+	None *Outcome `json:"none,omitempty"`
+	// TempError: a DNS failure; "reject" is not allowed (use "defer").
+	// Default: score 0.
+	TempError *Outcome `json:"temperror,omitempty"`
+	// PermError: the domain's record is broken. Default: score 1.
+	PermError *Outcome `json:"permerror,omitempty"`
+
+	// Timeout for the whole evaluation (all its DNS queries). Default: 20s
+	// (RFC 7208 4.6.4).
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// DisableHeader stops adding the Received-SPF header field.
+	DisableHeader bool `json:"disable_header,omitempty"`
+
+	outcomes map[spf.Result]Outcome
+	resolver netResolver
+}
+
+// Outcome is what an SPF result leads to.
+type Outcome struct {
+	// Action: "score" (default) adds Score to the spam score; "reject"
+	// refuses MAIL FROM with 550 5.7.23; "defer" refuses it with 451 4.7.24
+	// so the client tries again later.
+	Action string `json:"action,omitempty"`
+	// Score is the points added (negative for a good sign).
+	Score float64 `json:"score,omitempty"`
+}
+
+var results = []struct {
+	res  spf.Result
+	def  Outcome
+	get  func(*SPF) **Outcome
+	name string
+}{
+	{spf.Pass, Outcome{}, func(s *SPF) **Outcome { return &s.Pass }, "pass"},
+	{spf.Fail, Outcome{Score: 3}, func(s *SPF) **Outcome { return &s.Fail }, "fail"},
+	{spf.SoftFail, Outcome{Score: 1.5}, func(s *SPF) **Outcome { return &s.SoftFail }, "softfail"},
+	{spf.Neutral, Outcome{}, func(s *SPF) **Outcome { return &s.Neutral }, "neutral"},
+	{spf.None, Outcome{Score: 0.5}, func(s *SPF) **Outcome { return &s.None }, "none"},
+	{spf.TempError, Outcome{}, func(s *SPF) **Outcome { return &s.TempError }, "temperror"},
+	{spf.PermError, Outcome{Score: 1}, func(s *SPF) **Outcome { return &s.PermError }, "permerror"},
+}
+
+var metricResults = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: "caddy", Subsystem: "smtp_spf", Name: "results_total",
+	Help: "SPF checks by result (pass, fail, softfail, neutral, none, temperror, permerror) and action taken.",
+}, []string{"result", "action"})
+
+// CaddyModule returns the Caddy module information.
+func (SPF) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "smtp.handlers.spf", New: func() caddy.Module { return new(SPF) }}
+}
+
+// Provision checks the config.
+func (s *SPF) Provision(ctx caddy.Context) error {
+	app := smtpapp.AppFrom(ctx)
+	if app == nil {
+		return fmt.Errorf("the spf handler works only in the smtp app")
+	}
+	if reg := ctx.GetMetricsRegistry(); reg != nil {
+		if err := reg.Register(metricResults); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return fmt.Errorf("registering metrics: %v", err)
+			}
+		}
+	}
+	s.resolver = netResolver{app.DNS()}
+	s.outcomes = map[spf.Result]Outcome{}
+	for _, r := range results {
+		o := r.def
+		if p := *r.get(s); p != nil {
+			o = *p
+		}
+		switch o.Action {
+		case "", "score":
+			o.Action = "score"
+		case "reject":
+			if r.res == spf.TempError {
+				return fmt.Errorf("temperror.action: a DNS failure must not refuse mail for good; use \"defer\" or \"score\"")
+			}
+		case "defer":
+		default:
+			return fmt.Errorf("%s.action: %q is not \"score\", \"reject\" or \"defer\"", r.name, o.Action)
+		}
+		s.outcomes[r.res] = o
+	}
+	if s.Timeout < 0 {
+		return fmt.Errorf("timeout: must not be negative")
+	}
+	if s.Timeout == 0 {
+		s.Timeout = caddy.Duration(20 * time.Second)
+	}
+	return nil
+}
+
+// check is one SPF evaluation.
+type check struct {
+	result   spf.Result
+	err      error
+	domain   string
+	identity string // mailfrom or helo
+	from     string
+	ip       string
+	helo     string
+}
+
+// Mail checks the sender and applies the result's outcome.
+func (s *SPF) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
+	if c.Account() != "" {
+		return nil
+	}
+	ck := s.check(ctx, c, from)
+	c.Set(ConnKey, map[string]string{"result": string(ck.result), "domain": ck.domain, "identity": ck.identity, "from": from})
+	o := s.outcomes[ck.result]
+	fields := []zap.Field{zap.String("module", "smtp.handlers.spf"), zap.String("result", string(ck.result)),
+		zap.String("identity", ck.identity), zap.String("domain", ck.domain), zap.String("action", o.Action)}
+	if ck.err != nil {
+		fields = append(fields, zap.String("detail", ck.err.Error()))
+	}
+	c.Logger().Info("SPF", fields...)
+	metricResults.WithLabelValues(string(ck.result), o.Action).Inc()
+	switch o.Action {
+	case "reject":
+		return smtpapp.Errorf(550, [3]int{5, 7, 23}, fmt.Sprintf("SPF %s: %s", ck.result, ck.explain()))
+	case "defer":
+		return smtpapp.Errorf(451, [3]int{4, 7, 24}, fmt.Sprintf("SPF %s: %s; try again later", ck.result, ck.explain()))
+	}
+	if o.Score != 0 {
+		c.AddScore("spf", o.Score, fmt.Sprintf("SPF %s for %s %s", ck.result, ck.identity, ck.domain))
+	}
+	return nil
+}
+
+func (s *SPF) check(ctx context.Context, c *smtpapp.Conn, from string) check {
+	ip := c.RemoteIP().Unmap()
+	helo := c.Helo()
+	ck := check{from: from, ip: ip.String(), helo: helo, identity: "mailfrom"}
+	sender := from
+	if from == "" {
+		// RFC 7208 2.4: the null sender is checked as postmaster@<HELO>.
+		ck.identity = "helo"
+		sender = "postmaster@" + helo
+	}
+	if at := strings.LastIndexByte(sender, '@'); at >= 0 {
+		ck.domain = strings.ToLower(sender[at+1:])
+	}
+	if ck.identity == "helo" && !smtpapp.ValidHostname(helo) {
+		// An address literal or a malformed name: nothing to check.
+		ck.result, ck.err = spf.None, errors.New("the HELO name is not a domain")
+		return ck
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(s.Timeout))
+	defer cancel()
+	ck.result, ck.err = spf.CheckHostWithSender(net.IP(ip.AsSlice()), helo, sender,
+		spf.WithResolver(s.resolver), spf.WithContext(ctx))
+	if ck.result == "" {
+		ck.result = spf.TempError
+	}
+	return ck
+}
+
+// explain is the human part of a result (RFC 7208 9.1 comment).
+func (ck check) explain() string {
+	who := "domain of " + ck.domain
+	if ck.from != "" {
+		who = "domain of " + ck.from
+	}
+	switch ck.result {
+	case spf.Pass:
+		return fmt.Sprintf("%s designates %s as permitted sender", who, ck.ip)
+	case spf.Fail:
+		return fmt.Sprintf("%s does not designate %s as permitted sender", who, ck.ip)
+	case spf.SoftFail:
+		return fmt.Sprintf("%s discourages use of %s as permitted sender", who, ck.ip)
+	case spf.Neutral:
+		return fmt.Sprintf("%s is neither permitted nor denied by %s", ck.ip, who)
+	case spf.None:
+		return fmt.Sprintf("%s does not designate permitted sender hosts", who)
+	case spf.TempError:
+		return fmt.Sprintf("error in processing during lookup of %s", who)
+	default:
+		return fmt.Sprintf("permanent error in processing %s", who)
+	}
+}
+
+// Data adds the Received-SPF header field of this transaction's check.
+func (s *SPF) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message) error {
+	if s.DisableHeader || c.Account() != "" {
+		return nil
+	}
+	v, _ := c.Get(ConnKey).(map[string]string)
+	if v == nil || v["from"] != c.From() {
+		return nil
+	}
+	ck := check{result: spf.Result(v["result"]), domain: v["domain"], identity: v["identity"], from: v["from"],
+		ip: c.RemoteIP().Unmap().String(), helo: c.Helo()}
+	msg.AddHeader("Received-SPF", receivedSPF(ck, c.Hostname()))
+	return nil
+}
+
+// receivedSPF formats the field's value (RFC 7208 9.1).
+func receivedSPF(ck check, receiver string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s (%s: %s)\r\n\tclient-ip=%s; envelope-from=%s; helo=%s;\r\n\treceiver=%s; identity=%s;",
+		ck.result, receiver, commentSafe(ck.explain()), ck.ip, kvValue(ck.from), kvValue(ck.helo), kvValue(receiver), ck.identity)
+	return b.String()
+}
+
+// kvValue is a dot-atom as is, anything else quoted (RFC 5322).
+func kvValue(s string) string {
+	atom := s != ""
+	for i := 0; i < len(s) && atom; i++ {
+		ch := s[i]
+		atom = ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || strings.IndexByte("!#$%&'*+-/=?^_`{|}~.", ch) >= 0
+	}
+	if atom && !strings.HasPrefix(s, ".") && !strings.HasSuffix(s, ".") && !strings.Contains(s, "..") {
+		return s
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		switch {
+		case ch == '"' || ch == '\\':
+			b.WriteByte('\\')
+			b.WriteByte(ch)
+		case ch < 0x20 || ch >= 0x7f:
+			b.WriteByte('?')
+		default:
+			b.WriteByte(ch)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// commentSafe keeps a text from closing or nesting an RFC 5322 comment.
+func commentSafe(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '(' || r == ')' || r == '\\':
+			return '_'
+		case r < 0x20 || r >= 0x7f:
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+// UnmarshalCaddyfile sets up the module from Caddyfile tokens:
+//
+//	spf {
+//		pass|fail|softfail|neutral|none|temperror|permerror reject|defer|<score>
+//		timeout <duration>
+//		header off
+//	}
+func (s *SPF) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // module name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		switch opt {
+		case "timeout":
+			var v string
+			if !d.Args(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return d.Errf("timeout: %v", err)
+			}
+			s.Timeout = caddy.Duration(dur)
+			continue
+		case "header":
+			var v string
+			if !d.Args(&v) || (v != "on" && v != "off") {
+				return d.Err("header: want on or off")
+			}
+			s.DisableHeader = v == "off"
+			continue
+		}
+		var field **Outcome
+		for _, r := range results {
+			if r.name == opt {
+				field = r.get(s)
+			}
+		}
+		if field == nil {
+			return d.Errf("unrecognized spf option %q", opt)
+		}
+		o, err := parseOutcome(d)
+		if err != nil {
+			return err
+		}
+		*field = o
+	}
+	return nil
+}
+
+// parseOutcome parses `reject`, `defer`, `<score>` or `score <score>`.
+func parseOutcome(d *caddyfile.Dispenser) (*Outcome, error) {
+	opt := d.Val()
+	args := d.RemainingArgs()
+	o := &Outcome{}
+	switch {
+	case len(args) == 1 && (args[0] == "reject" || args[0] == "defer"):
+		o.Action = args[0]
+	case len(args) == 1 || len(args) == 2 && args[0] == "score":
+		f, err := strconv.ParseFloat(args[len(args)-1], 64)
+		if err != nil {
+			return nil, d.Errf("%s: %q is not reject, defer or a score", opt, args[len(args)-1])
+		}
+		o.Score = f
+	default:
+		return nil, d.Errf("%s: want reject, defer or a score", opt)
+	}
+	return o, nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner     = (*SPF)(nil)
+	_ caddyfile.Unmarshaler = (*SPF)(nil)
+	_ smtpapp.MailHook      = (*SPF)(nil)
+	_ smtpapp.DataHook      = (*SPF)(nil)
+)
