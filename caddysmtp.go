@@ -5,8 +5,11 @@ package caddysmtp
 import (
 	_ "github.com/caddy-smtp/caddy-smtp/caddyfile"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/file"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/ban"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/lmtp"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/maildir"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/ratelimit"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/tarpit"
 	_ "github.com/caddy-smtp/caddy-smtp/smtpapp"
 )

@@ -101,6 +101,9 @@ func (c *Conn) Hostname() string { return c.server.Hostname }
 // Logger logs with the connection's fields.
 func (c *Conn) Logger() *zap.Logger { return c.logger }
 
+// Deadline is when the session limit ends the connection.
+func (c *Conn) Deadline() time.Time { return c.net.deadline }
+
 // Started is when the client connected.
 func (c *Conn) Started() time.Time { return c.start }
 

@@ -2,6 +2,7 @@ package smtpapp
 
 import (
 	"context"
+	"errors"
 
 	"github.com/emersion/go-smtp"
 )
@@ -14,6 +15,32 @@ type Error = smtp.SMTPError
 // Errorf builds an *Error with an enhanced status code (RFC 3463).
 func Errorf(code int, enhanced [3]int, msg string) *Error {
 	return &Error{Code: code, EnhancedCode: smtp.EnhancedCode(enhanced), Message: msg}
+}
+
+// Refusal is a hook's refusal with a short, low-cardinality reason label
+// for the refusals metric (e.g. "connections", "listed").
+type Refusal struct {
+	Reply *Error
+	Label string
+}
+
+// Refuse builds a *Refusal.
+func Refuse(code int, enhanced [3]int, label, msg string) *Refusal {
+	return &Refusal{Reply: Errorf(code, enhanced, msg), Label: label}
+}
+
+func (r *Refusal) Error() string { return r.Reply.Error() }
+
+func (r *Refusal) Unwrap() error { return r.Reply }
+
+// reply turns a hook's error into the *Error go-smtp writes as is (it only
+// recognises that type).
+func reply(err error) error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return err
 }
 
 // The stage hooks. A handler module implements any of them; the server calls
@@ -62,6 +89,9 @@ type CloseHook interface {
 
 // EventHook is told about abuse-relevant events (failed AUTH, unknown
 // recipients, relay attempts, protocol errors, refusals), for counting.
+// Event runs synchronously on the session's goroutine, before the reply
+// that the event causes is written: a hook may wait there (a tarpit),
+// honouring c.Context().
 type EventHook interface {
 	Event(c *Conn, ev Event)
 }

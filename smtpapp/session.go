@@ -62,6 +62,10 @@ func (s *Server) refused(c *Conn, stage string, idx int, err error) {
 }
 
 func refusalLabel(err error) string {
+	var r *Refusal
+	if errors.As(err, &r) && r.Label != "" {
+		return r.Label
+	}
 	var e *Error
 	if errors.As(err, &e) {
 		return strconv.Itoa(e.Code)
@@ -127,6 +131,7 @@ func (ss *session) check() error {
 // fail counts an error reply; past the limit it turns into a 421 that ends
 // the connection. A 421 from a hook also ends it.
 func (ss *session) fail(err error) error {
+	err = reply(err)
 	var e *Error
 	if errors.As(err, &e) && e.Code == 421 {
 		ss.c.closeAfterReply()
@@ -165,7 +170,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 		return sasl.NewPlainServer(func(identity, username, password string) error {
 			if identity != "" && identity != username {
 				ss.c.logger.Info("auth refused: authorization identity differs", zap.String("user", username), zap.String("authzid", identity))
-				ss.c.Emit(Event{Kind: EventAuthFailed, Detail: "authzid differs from login"})
+				ss.c.Emit(Event{Kind: EventAuthFailed, Detail: username})
 				return ss.authFailed(replyAuthzid)
 			}
 			return ss.login(username, password)

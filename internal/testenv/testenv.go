@@ -65,7 +65,7 @@ func (e *Env) Config(smtpApp any, extraApps map[string]any) []byte {
 		apps[k] = v
 	}
 	cfg := map[string]any{
-		"admin":   map[string]any{"listen": e.Admin},
+		"admin":   map[string]any{"listen": e.Admin, "config": map[string]any{"persist": false}},
 		"storage": map[string]any{"module": "file_system", "root": e.Storage},
 		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": logLevel()}}},
 		"apps":    apps,
