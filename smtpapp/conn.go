@@ -101,6 +101,10 @@ func (c *Conn) Hostname() string { return c.server.Hostname }
 // Logger logs with the connection's fields.
 func (c *Conn) Logger() *zap.Logger { return c.logger }
 
+// Trusted reports whether the client is in the server's trusted_networks
+// (a relay of ours: checks of the client IP should not apply).
+func (c *Conn) Trusted() bool { return c.server.trustedIP(c.remote.Addr()) }
+
 // Deadline is when the session limit ends the connection.
 func (c *Conn) Deadline() time.Time { return c.net.deadline }
 

@@ -183,7 +183,8 @@ func (r *Resolver) LookupIP(ctx context.Context, host string) ([]netip.Addr, err
 	return out, nil
 }
 
-// LookupTXT returns the TXT strings of name (each record's strings joined).
+// LookupTXT returns the TXT strings of name (each record's strings joined
+// and unescaped).
 func (r *Resolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
 	rrs, _, err := r.records(ctx, name, dns.TypeTXT)
 	if err != nil {
@@ -191,7 +192,7 @@ func (r *Resolver) LookupTXT(ctx context.Context, name string) ([]string, error)
 	}
 	out := make([]string, 0, len(rrs))
 	for _, rr := range rrs {
-		out = append(out, strings.Join(rr.(*dns.TXT).Txt, ""))
+		out = append(out, unescapeTXT(strings.Join(rr.(*dns.TXT).Txt, "")))
 	}
 	return out, nil
 }

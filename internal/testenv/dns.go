@@ -27,14 +27,23 @@ type DNS struct {
 // StartDNS starts the server; it stops when the test ends.
 func StartDNS(t testing.TB) *DNS {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := pc.LocalAddr().(*net.UDPAddr).Port
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatalf("DNS tcp on port %d: %v", port, err)
+	// UDP and TCP on one port: the UDP port may be taken for TCP; retry.
+	var pc net.PacketConn
+	var ln net.Listener
+	for try := 0; ; try++ {
+		var err error
+		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err = net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			break
+		}
+		pc.Close()
+		if try == 20 {
+			t.Fatalf("DNS: no port free for both UDP and TCP: %v", err)
+		}
 	}
 	d := &DNS{Addr: pc.LocalAddr().String(), records: map[string][]dns.RR{}, delay: map[string]time.Duration{}, fail: map[string]int{}}
 	d.udp = &dns.Server{PacketConn: pc, Handler: d}

@@ -81,7 +81,7 @@ type DMARC struct {
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
 	outcomes map[string]Outcome
-	resolver netResolver
+	resolver smtpapp.NetResolver
 	logger   *zap.Logger
 }
 
@@ -142,7 +142,7 @@ func (m *DMARC) Provision(ctx caddy.Context) error {
 			}
 		}
 	}
-	m.resolver = netResolver{app.DNS()}
+	m.resolver = smtpapp.NetResolver{R: app.DNS()}
 	m.outcomes = map[string]Outcome{}
 	for _, f := range outcomeFields {
 		o := f.def

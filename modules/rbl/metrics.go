@@ -23,7 +23,7 @@ var (
 	}, []string{"zone", "result"})
 	metricRejections = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "smtp_rbl", Name: "rejections_total",
-		Help: "Transactions refused at RCPT, by the zone that refused them (or \"threshold\").",
+		Help: "Clients refused at RCPT (counted once per connection), by the zone that refused them (or \"threshold\").",
 	}, []string{"zone"})
 	metricZoneUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "smtp_rbl", Name: "zone_up",

@@ -268,7 +268,7 @@ func (r *RBL) provisionZone(i int, zc *Zone) (*zone, zoneParams, error) {
 	if zc.DisableSelfTest {
 		interval = 0
 	}
-	return z, zoneParams{name: name, timeout: timeout, interval: interval, ranges: z.ranges, wantTXT: !z.allow, maxSize: r.CacheSize}, nil
+	return z, zoneParams{name: name, timeout: timeout, interval: interval, ranges: z.ranges, wantTXT: z.reject, maxSize: r.CacheSize}, nil
 }
 
 // Cleanup releases the zones' shared state.
@@ -376,7 +376,9 @@ func (r *RBL) decide(ctx context.Context, c *smtpapp.Conn, p *pending) *decision
 		allowed    bool
 		rejectZone *zone
 		rejectTXT  string
-		listedIn   []string
+		listedIn   []string // zone names
+		listings   []string // zone=codes, for the log
+		allowings  []string
 		logFields  []zap.Field
 		problems   []string
 		skipped    []string
@@ -385,7 +387,7 @@ func (r *RBL) decide(ctx context.Context, c *smtpapp.Conn, p *pending) *decision
 		e := p.entries[i]
 		if e == nil || !z.state.usable(ctx) {
 			metricChecks.WithLabelValues(z.name, "skipped").Inc()
-			skipped = append(skipped, z.name+" (fails its self-test)")
+			skipped = append(skipped, z.name+" (self-test failing or not finished)")
 			continue
 		}
 		select {
@@ -427,7 +429,7 @@ func (r *RBL) decide(ctx context.Context, c *smtpapp.Conn, p *pending) *decision
 				d.scores = append(d.scores, smtpapp.ScoreReason{Module: "rbl", Points: -points,
 					Reason: fmt.Sprintf("%s allowlisted by %s (%s)", p.ip, z.name, codeList)})
 			}
-			logFields = append(logFields, zap.String("allowlisted_by", z.name+"="+codeList))
+			allowings = append(allowings, z.name+"="+codeList)
 			continue
 		}
 		total += points
@@ -436,7 +438,7 @@ func (r *RBL) decide(ctx context.Context, c *smtpapp.Conn, p *pending) *decision
 			d.scores = append(d.scores, smtpapp.ScoreReason{Module: "rbl", Points: points,
 				Reason: fmt.Sprintf("%s listed in %s (%s)", p.ip, z.name, codeList)})
 		}
-		logFields = append(logFields, zap.String("listed_in", z.name+"="+codeList))
+		listings = append(listings, z.name+"="+codeList)
 		if z.reject && rejectZone == nil {
 			rejectZone, rejectTXT = z, a.txt
 		}
@@ -461,8 +463,9 @@ func (r *RBL) decide(ctx context.Context, c *smtpapp.Conn, p *pending) *decision
 		action = "reject (threshold)"
 		metricRejections.WithLabelValues("threshold").Inc()
 	}
-	if len(logFields) > 0 || len(problems) > 0 || len(skipped) > 0 {
-		logFields = append(logFields, zap.String("ip", p.ip.String()), zap.Float64("points", total), zap.String("action", action))
+	if len(listings) > 0 || len(allowings) > 0 || len(problems) > 0 || len(skipped) > 0 {
+		logFields = append(logFields, zap.String("ip", p.ip.String()), zap.Strings("listed_in", listings),
+			zap.Strings("allowlisted_by", allowings), zap.Float64("points", total), zap.String("action", action))
 		if len(problems) > 0 {
 			logFields = append(logFields, zap.Strings("problems", problems))
 		}

@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -403,6 +405,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		zone bl.example.net 2.5
 		allow list.dnswl.example 4 {
 			listed 127.0.0.0/16
+			error_codes 127.0.0.255
 			self_test off
 		}
 		reject_threshold 8
@@ -415,7 +418,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 	got, _ := json.Marshal(r)
 	want := `{"zones":[{"name":"zen.example.org","action":"reject","codes":{"127.0.0.10/31":0.5,"127.0.0.2":3},"timeout":1000000000,"test_interval":300000000000},` +
 		`{"name":"bl.example.net","weight":2.5},` +
-		`{"name":"list.dnswl.example","allowlist":true,"weight":4,"listed":["127.0.0.0/16"],"disable_self_test":true}],` +
+		`{"name":"list.dnswl.example","allowlist":true,"weight":4,"listed":["127.0.0.0/16"],"error_codes":["127.0.0.255"],"disable_self_test":true}],` +
 		`"reject_threshold":8,"skip_networks":["10.0.0.0/8","192.168.0.0/16"]}`
 	if string(got) != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
@@ -424,6 +427,72 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		var r rbl.RBL
 		if err := r.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
 			t.Errorf("%q: want an error", bad)
+		}
+	}
+}
+
+// The cache and the zones' health survive a config reload: a reloaded
+// config asks the DNS nothing it already knows, and does not test the
+// zones again.
+func TestCacheSurvivesReload(t *testing.T) {
+	d := testenv.StartDNS(t)
+	zone(t, d, "bl.test")
+	list(t, d, "bl.test", "127.0.0.61", "127.0.0.2")
+	env := testenv.New(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	handler := map[string]any{"handler": "rbl", "zones": []any{map[string]any{"name": "bl.test", "weight": 2}}}
+	app := testenv.SpamMXApp(env, addr, d.Addr, handler)
+	env.Load(env.Config(app, nil))
+	s := &setup{env: env, dns: d, addr: addr}
+	if r := s.deliver(t, "127.0.0.61"); r.Code != 250 {
+		t.Fatal(r)
+	}
+	before := d.Queries.Load()
+	app["servers"].(map[string]any)["mx"].(map[string]any)["spam"] = map[string]any{"tag_score": 1, "reject_score": 10}
+	env.Load(env.Config(app, nil))
+	if r := s.deliver(t, "127.0.0.61"); r.Code != 250 {
+		t.Fatal(r)
+	}
+	if after := d.Queries.Load(); after != before {
+		t.Fatalf("after a reload: %d DNS queries, want 0 (cache and self-test kept)", after-before)
+	}
+	// The new config's thresholds apply: 2 points are now over the tag.
+	if got := readOne(t, s.junk(t), "Junk"); !strings.Contains(got, "listed in bl.test") {
+		t.Fatalf("want the cached listing:\n%s", got)
+	}
+}
+
+var metricsRuns int
+
+// The decisions are counted in the metrics that Caddy's admin API serves.
+func TestMetrics(t *testing.T) {
+	// The counters are process-wide: a zone name of its own for each run.
+	metricsRuns++
+	zn := fmt.Sprintf("run%d.metrics.test", metricsRuns)
+	d := testenv.StartDNS(t)
+	zone(t, d, zn)
+	list(t, d, zn, "127.0.0.62", "127.0.0.2")
+	s := start(t, d, map[string]any{"zones": []any{map[string]any{"name": zn, "action": "reject"}}})
+	c, _ := testenv.DialFrom(t, "127.0.0.62", s.addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<alice@example.test>", 554)
+	resp, err := http.Get("http://" + s.env.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, w := range []string{
+		`caddy_smtp_rbl_checks_total{result="listed",zone="metrics.test"} 1`,
+		`caddy_smtp_rbl_rejections_total{zone="metrics.test"} 1`,
+		`caddy_smtp_rbl_zone_up{zone="metrics.test"} 1`,
+		`caddy_smtp_rbl_self_tests_total{result="pass",zone="metrics.test"} 1`,
+		`caddy_smtp_rbl_queries_total{result="listed",zone="metrics.test"} 1`,
+	} {
+		w = strings.Replace(w, "metrics.test", zn, 1)
+		if !strings.Contains(string(body), w) {
+			t.Errorf("metrics lack %s", w)
 		}
 	}
 }

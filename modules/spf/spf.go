@@ -66,7 +66,7 @@ type SPF struct {
 	DisableHeader bool `json:"disable_header,omitempty"`
 
 	outcomes map[spf.Result]Outcome
-	resolver netResolver
+	resolver smtpapp.NetResolver
 }
 
 // Outcome is what an SPF result leads to.
@@ -118,7 +118,7 @@ func (s *SPF) Provision(ctx caddy.Context) error {
 			}
 		}
 	}
-	s.resolver = netResolver{app.DNS()}
+	s.resolver = smtpapp.NetResolver{R: app.DNS()}
 	s.outcomes = map[spf.Result]Outcome{}
 	for _, r := range results {
 		o := r.def

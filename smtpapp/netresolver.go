@@ -1,4 +1,4 @@
-package spf
+package smtpapp
 
 import (
 	"context"
@@ -8,23 +8,21 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
-
-	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
-// netResolver gives the app's resolver the shape of *net.Resolver that
-// the SPF library takes, with its errors as *net.DNSError (IsNotFound for
+// NetResolver gives the app's resolver the shape of *net.Resolver that
+// libraries take (SPF, DKIM, DMARC), with its errors as *net.DNSError (IsNotFound for
 // NXDOMAIN and empty answers, IsTemporary for failures).
-type netResolver struct{ r *smtpapp.Resolver }
+type NetResolver struct{ R *Resolver }
 
 func netError(name string, err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, smtpapp.ErrNotFound) {
+	if errors.Is(err, ErrNotFound) {
 		return &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
 	}
-	var de *smtpapp.DNSError
+	var de *DNSError
 	if errors.As(err, &de) {
 		timeout := errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "timeout")
 		return &net.DNSError{Err: err.Error(), Name: name, IsTemporary: true, IsTimeout: timeout}
@@ -34,8 +32,8 @@ func netError(name string, err error) error {
 
 // LookupTXT returns the TXT records of name, each record's strings joined
 // and unescaped (miekg/dns presents them escaped).
-func (n netResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
-	in, err := n.r.Query(ctx, name, dns.TypeTXT)
+func (n NetResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	in, err := n.R.Query(ctx, name, dns.TypeTXT)
 	if err != nil {
 		return nil, netError(name, err)
 	}
@@ -46,18 +44,18 @@ func (n netResolver) LookupTXT(ctx context.Context, name string) ([]string, erro
 		}
 	}
 	if len(out) == 0 {
-		return nil, netError(name, smtpapp.ErrNotFound)
+		return nil, netError(name, ErrNotFound)
 	}
 	return out, nil
 }
 
-func (n netResolver) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
-	mxs, err := n.r.LookupMX(ctx, name)
+func (n NetResolver) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
+	mxs, err := n.R.LookupMX(ctx, name)
 	return mxs, netError(name, err)
 }
 
-func (n netResolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error) {
-	ips, err := n.r.LookupIP(ctx, host)
+func (n NetResolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error) {
+	ips, err := n.R.LookupIP(ctx, host)
 	if err != nil {
 		return nil, netError(host, err)
 	}
@@ -68,12 +66,12 @@ func (n netResolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAdd
 	return out, nil
 }
 
-func (n netResolver) LookupAddr(ctx context.Context, addr string) ([]string, error) {
+func (n NetResolver) LookupAddr(ctx context.Context, addr string) ([]string, error) {
 	ip, err := netip.ParseAddr(addr)
 	if err != nil {
 		return nil, &net.DNSError{Err: "unrecognized address", Name: addr}
 	}
-	names, err := n.r.LookupPTR(ctx, ip)
+	names, err := n.R.LookupPTR(ctx, ip)
 	return names, netError(addr, err)
 }
 
