@@ -252,7 +252,7 @@ func (h *HELO) fcrdns(ctx context.Context, ip netip.Addr) rdnsResult {
 
 // Mail runs the checks for this transaction: points now, a refusal at RCPT.
 func (h *HELO) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
-	if c.Account() != "" {
+	if c.Account() != "" || c.Trusted() {
 		return nil
 	}
 	st := h.state(c)
@@ -298,7 +298,7 @@ func (h *HELO) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
 
 // Rcpt refuses the recipient when a check of this transaction said so.
 func (h *HELO) Rcpt(ctx context.Context, c *smtpapp.Conn, rcpt smtpapp.Recipient) error {
-	if c.Account() != "" {
+	if c.Account() != "" || c.Trusted() {
 		return nil
 	}
 	st, ok := c.Get(h.connKey).(*connState)
@@ -455,7 +455,7 @@ func (h *HELO) lookupDomain(ctx context.Context, domain string) domainResult {
 
 // Data records the reverse DNS result as iprev (RFC 8601 3).
 func (h *HELO) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message) error {
-	if c.Account() != "" {
+	if c.Account() != "" || c.Trusted() {
 		return nil
 	}
 	st, ok := c.Get(h.connKey).(*connState)

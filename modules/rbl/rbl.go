@@ -328,7 +328,7 @@ func (r *RBL) start(c *smtpapp.Conn) *pending {
 // Mail collects the answers (once per connection) and adds the points of
 // the listings to this transaction's score.
 func (r *RBL) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
-	if c.Account() != "" {
+	if c.Account() != "" || c.Trusted() {
 		return nil
 	}
 	p, _ := c.Get(r.connID).(*pending)
@@ -346,7 +346,7 @@ func (r *RBL) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
 
 // Rcpt refuses the recipient if a list said so at MAIL.
 func (r *RBL) Rcpt(ctx context.Context, c *smtpapp.Conn, rcpt smtpapp.Recipient) error {
-	if c.Account() != "" {
+	if c.Account() != "" || c.Trusted() {
 		return nil
 	}
 	p, _ := c.Get(r.connID).(*pending)

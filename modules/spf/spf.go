@@ -160,7 +160,7 @@ type check struct {
 
 // Mail checks the sender and applies the result's outcome.
 func (s *SPF) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
-	if c.Account() != "" {
+	if c.Account() != "" || c.Trusted() {
 		return nil
 	}
 	ck := s.check(ctx, c, from)
@@ -239,7 +239,7 @@ func (ck check) explain() string {
 
 // Data adds the Received-SPF header field of this transaction's check.
 func (s *SPF) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message) error {
-	if s.DisableHeader || c.Account() != "" {
+	if s.DisableHeader || c.Account() != "" || c.Trusted() {
 		return nil
 	}
 	v, _ := c.Get(ConnKey).(map[string]string)
