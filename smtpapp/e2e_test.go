@@ -521,3 +521,31 @@ func TestBDAT(t *testing.T) {
 		t.Fatalf("bare-LF chunk stored")
 	}
 }
+
+// TestForgedAuthResultsRemoved: Authentication-Results fields that claim
+// this server's authserv-id are dropped (RFC 8601 5); others stay.
+func TestForgedAuthResultsRemoved(t *testing.T) {
+	env, addr := startMX(t)
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<alice@example.test>", 250)
+	c.Expect("DATA", 354)
+	c.Send("Authentication-Results: MAIL.example.test;\r\n\tdkim=pass header.d=bank.example\r\n" +
+		"Authentication-Results: relay.example.org; spf=pass\r\n" +
+		"Subject: forged\r\n\r\nAuthentication-Results: mail.example.test; body text stays\r\n.\r\n")
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("DATA: %s", r)
+	}
+	files := aliceMail(t, env)
+	if len(files) != 1 {
+		t.Fatalf("want 1 message, got %d", len(files))
+	}
+	got, _ := os.ReadFile(files[0])
+	if strings.Contains(string(got), "bank.example") {
+		t.Fatalf("forged Authentication-Results kept:\n%s", got)
+	}
+	if !bytes.HasSuffix(got, []byte("Authentication-Results: relay.example.org; spf=pass\r\nSubject: forged\r\n\r\nAuthentication-Results: mail.example.test; body text stays\r\n")) {
+		t.Fatalf("other fields or the body changed:\n%q", got)
+	}
+}

@@ -46,10 +46,22 @@ type Envelope struct {
 // then the body exactly as received (CRLF line ends, dots unstuffed). Small
 // bodies stay in memory; larger ones are spooled to a file.
 type Message struct {
-	header []byte // newest field first
-	mem    []byte
-	file   *os.File
-	size   int64
+	header      []byte // newest field first
+	authResults []string
+	mem         []byte
+	file        *os.File
+	size        int64
+	// The original header section can be replaced (to drop forged
+	// fields): head stands for the first skip bytes of the body.
+	head []byte
+	skip int64
+}
+
+// AddAuthResult adds one result (RFC 8601 resinfo, e.g. "spf=pass
+// smtp.mailfrom=example.org") to the message's Authentication-Results
+// field, which the server adds once, after the Data hooks.
+func (m *Message) AddAuthResult(result string) {
+	m.authResults = append(m.authResults, sanitizeHeaderValue(result))
 }
 
 // AddHeader adds a header field on top of the message (trace fields are
@@ -92,14 +104,21 @@ func sanitizeHeaderValue(v string) string {
 func (m *Message) Header() []byte { return m.header }
 
 // Size is the body's size in bytes.
-func (m *Message) Size() int64 { return m.size }
+func (m *Message) Size() int64 { return m.size - m.skip + int64(len(m.head)) }
 
-// Body returns a new reader of the body as received.
+// Body returns a new reader of the body as received (less any forged
+// header fields the server removed).
 func (m *Message) Body() io.Reader {
+	var rest io.Reader
 	if m.file != nil {
-		return io.NewSectionReader(m.file, 0, m.size)
+		rest = io.NewSectionReader(m.file, m.skip, m.size-m.skip)
+	} else {
+		rest = bytes.NewReader(m.mem[m.skip:])
 	}
-	return bytes.NewReader(m.mem)
+	if m.head == nil {
+		return rest
+	}
+	return io.MultiReader(bytes.NewReader(m.head), rest)
 }
 
 // Reader returns a new reader of the whole message: added fields, then body.
@@ -114,14 +133,62 @@ func (m *Message) WriteTo(w io.Writer) (int64, error) {
 		return int64(n), err
 	}
 	var k int64
-	if m.file != nil {
-		k, err = io.Copy(w, io.NewSectionReader(m.file, 0, m.size))
+	if m.file != nil || m.head != nil {
+		k, err = io.Copy(w, m.Body())
 	} else {
 		var kk int
 		kk, err = w.Write(m.mem)
 		k = int64(kk)
 	}
 	return int64(n) + k, err
+}
+
+// maxHeaderScan bounds how much of a body is read as its header section.
+const maxHeaderScan = 256 << 10
+
+// removeHeaderFields drops the fields of the original header section for
+// which drop(name, value) is true (name as written, value unfolded).
+func (m *Message) removeHeaderFields(drop func(name, value string) bool) error {
+	buf := make([]byte, min(m.size, maxHeaderScan))
+	if _, err := io.ReadFull(m.Body(), buf); err != nil {
+		return err
+	}
+	end := bytes.Index(buf, []byte("\r\n\r\n"))
+	if end < 0 {
+		return nil // no complete header section within reach: leave it
+	}
+	section := buf[:end+2]
+	var out []byte
+	changed := false
+	for len(section) > 0 {
+		// A field runs to a CRLF not followed by white space.
+		n := 0
+		for {
+			i := bytes.Index(section[n:], []byte("\r\n"))
+			if i < 0 {
+				n = len(section)
+				break
+			}
+			n += i + 2
+			if n >= len(section) || (section[n] != ' ' && section[n] != '\t') {
+				break
+			}
+		}
+		field := section[:n]
+		section = section[n:]
+		if colon := bytes.IndexByte(field, ':'); colon > 0 {
+			value := strings.Join(strings.Fields(string(field[colon+1:])), " ")
+			if drop(string(field[:colon]), value) {
+				changed = true
+				continue
+			}
+		}
+		out = append(out, field...)
+	}
+	if changed {
+		m.head, m.skip = out, int64(end+2)
+	}
+	return nil
 }
 
 // Discard frees the message's resources.

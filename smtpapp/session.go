@@ -355,6 +355,13 @@ func (ss *session) Data(r io.Reader) error {
 	if c.net.bareEOL.Load() {
 		return ss.dataError(errBareLineEnd)
 	}
+	// RFC 8601 5: results claiming to be ours but made elsewhere go.
+	if err := msg.removeHeaderFields(func(name, value string) bool {
+		return strings.EqualFold(name, "Authentication-Results") && authservID(value) == strings.ToLower(srv.Hostname)
+	}); err != nil {
+		c.logger.Error("reading the header section", zap.Error(err))
+		return replyDeliveryFailed
+	}
 	for i, h := range srv.handlers {
 		if hook, ok := h.(DataHook); ok {
 			if err := hook.Data(c.ctx, c, msg); err != nil {
@@ -363,6 +370,9 @@ func (ss *session) Data(r io.Reader) error {
 				return ss.fail(err)
 			}
 		}
+	}
+	if len(msg.authResults) > 0 {
+		msg.AddHeader("Authentication-Results", srv.Hostname+";\r\n\t"+strings.Join(msg.authResults, ";\r\n\t"))
 	}
 	env := ss.envelope()
 	if err := ss.applySpamPolicy(msg, env); err != nil {
@@ -378,6 +388,15 @@ func (ss *session) Data(r io.Reader) error {
 	srv.metrics.bytes.WithLabelValues(srv.name).Add(float64(msg.Size()))
 	ss.logMessage(msg, "delivered", nil)
 	return &Error{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + env.ID}
+}
+
+// authservID is the authserv-id of an Authentication-Results value.
+func authservID(value string) string {
+	id, _, _ := strings.Cut(value, ";")
+	if i := strings.IndexAny(id, " \t("); i >= 0 {
+		id = id[:i]
+	}
+	return strings.ToLower(strings.TrimSpace(id))
 }
 
 func (ss *session) dataError(err error) error {

@@ -206,7 +206,9 @@ func (m *DMARC) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message)
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(m.Timeout))
 	defer cancel()
 	rep := m.evaluate(ctx, c, msg)
-	msg.AddHeader("Authentication-Results", rep.header(c.Hostname()))
+	for _, r := range rep.results() {
+		msg.AddAuthResult(r)
+	}
 
 	var outs []struct {
 		name, reason string
@@ -489,8 +491,8 @@ func (r *report) dkimSummary() string {
 	return strings.Join(parts, ", ")
 }
 
-// header formats the Authentication-Results value (RFC 8601).
-func (r *report) header(authserv string) string {
+// results formats the Authentication-Results resinfo parts (RFC 8601).
+func (r *report) results() []string {
 	var parts []string
 	if r.spfResult != "" {
 		p := "spf=" + r.spfResult
@@ -529,8 +531,7 @@ func (r *report) header(authserv string) string {
 	if r.domain != "" {
 		p += " header.from=" + pvalue(r.domain)
 	}
-	parts = append(parts, p)
-	return authserv + ";\r\n\t" + strings.Join(parts, ";\r\n\t")
+	return append(parts, p)
 }
 
 // pvalue keeps a property value to the characters of a domain or an

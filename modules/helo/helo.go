@@ -469,11 +469,11 @@ func (h *HELO) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message) 
 	}
 	ip := c.RemoteIP().Unmap().String()
 	v := map[string]string{"pass": "pass", "fail": "fail", "none": "permerror", "temperror": "temperror"}[st.rdns.result]
-	field := c.Hostname() + ";\r\n\tiprev=" + v + " policy.iprev=" + ip
+	field := "iprev=" + v + " policy.iprev=" + ip
 	if st.rdns.name != "" {
 		field += " (" + clean(st.rdns.name) + ")"
 	}
-	msg.AddHeader("Authentication-Results", field)
+	msg.AddAuthResult(field)
 	return nil
 }
 
