@@ -11,6 +11,7 @@ import (
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/lmtp"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/maildir"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/queue"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/ratelimit"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/rbl"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/spf"

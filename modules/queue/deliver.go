@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -85,6 +86,14 @@ func (e *engine) run(t *task) {
 		}
 	}
 	ent.mu.Unlock()
+	if _, err := os.Stat(e.sp.path(ent.rec.ID)); errors.Is(err, fs.ErrNotExist) {
+		// Delivered or deleted by another process that held the spool.
+		s.logger.Warn("queue entry vanished from the spool; forgetting it", zap.String("id", ent.rec.ID))
+		e.mu.Lock()
+		ent.deleted = true
+		e.mu.Unlock()
+		return
+	}
 	if len(idx) > 0 {
 		start := time.Now()
 		var res []result
@@ -167,6 +176,12 @@ func (e *engine) record(s *settings, ent *entry, idx []int, res []result, start 
 // delay warning when one is due.
 func (e *engine) notify(s *settings, t *task) {
 	ent := t.e
+	e.mu.Lock()
+	deleted := ent.deleted
+	e.mu.Unlock()
+	if deleted {
+		return // deleted by the administrator: no notifications
+	}
 	now := time.Now()
 	nullSender := ent.rec.From == "" || ent.rec.DSN
 	ent.mu.Lock()
@@ -550,6 +565,9 @@ func (e *engine) session(ctx context.Context, s *settings, ent *entry, h hop, ip
 		st := tc.ConnectionState()
 		c.tlsState = &st
 		tlsState = "verified"
+		if sh.tlsConfig.InsecureSkipVerify {
+			tlsState = "unverified"
+		}
 	}
 	if err := c.greet(); err != nil {
 		c.close()
@@ -575,7 +593,7 @@ func (e *engine) session(ctx context.Context, s *settings, ent *entry, h hop, ip
 			switch {
 			case err == nil:
 				tlsState = "unverified"
-				if verified || h.smarthost {
+				if verified || s.tlsVerify && !h.smarthost || h.smarthost && !sh.tlsConfig.InsecureSkipVerify {
 					tlsState = "verified"
 				}
 				if err := c.hello(s.hostname); err != nil {

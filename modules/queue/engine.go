@@ -145,6 +145,9 @@ func openEngine(path string, s *settings) (*engine, error) {
 	return e, nil
 }
 
+// startDelay is the wait before a new engine takes the spool lock.
+var startDelay = time.Second
+
 // rescanInterval is how often the spool folder is read again for entries
 // another process (or an administrator) put there.
 const rescanInterval = time.Minute
@@ -155,6 +158,13 @@ const rescanInterval = time.Minute
 // that `caddy validate` works next to a running server.
 func (e *engine) start() {
 	defer close(e.loopDone)
+	// A config that is only validated (caddy validate) is cleaned up
+	// before this: it never touches the spool.
+	select {
+	case <-e.stop:
+		return
+	case <-time.After(startDelay):
+	}
 	wait := time.Second
 	for logged := false; ; {
 		err := e.sp.lockSpool(func(name string) bool {
@@ -177,8 +187,20 @@ func (e *engine) start() {
 		}
 		wait = min(2*wait, 30*time.Second)
 	}
+	// The spool is the truth: what this process queued before it had the
+	// lock is read back with whatever progress another holder recorded.
+	e.mu.Lock()
+	for _, ent := range e.entries {
+		delete(e.entries, ent.rec.ID)
+		ent.deleted = true
+		metricQueued.Dec()
+	}
+	e.waiting = e.waiting[:0]
+	clear(e.ready)
+	e.order = e.order[:0]
+	e.mu.Unlock()
 	n := e.rescan()
-	e.settings().logger.Info("outbound queue started", zap.String("path", e.sp.root), zap.Int("loaded", n))
+	e.settings().logger.Info("outbound queue started", zap.String("path", e.sp.root), zap.Int("messages", n))
 	e.loop()
 }
 
@@ -249,7 +271,7 @@ func (e *engine) capWaitsLocked(s *settings) {
 		return
 	}
 	now := time.Now()
-	latest := now.Add(s.maxBackoff)
+	latest := now.Add(s.longestWait())
 	for _, t := range e.waiting {
 		limit := latest
 		if exp := t.e.rec.Queued.Add(s.giveUp); exp.Before(limit) {
@@ -366,7 +388,7 @@ func (e *engine) enqueue(s *settings, rec *record, write func(io.Writer) (int64,
 		e.mu.Unlock()
 		return errClosed
 	}
-	if !safeID(rec.ID) || e.entries[rec.ID] != nil || e.reserved[rec.ID] {
+	for !safeID(rec.ID) || e.entries[rec.ID] != nil || e.reserved[rec.ID] || e.sp.exists(rec.ID) {
 		rec.ID = newID()
 	}
 	e.reserved[rec.ID] = true
@@ -570,6 +592,15 @@ func (e *engine) finish(t *task) {
 			e.removeLocked(ent)
 		}
 	case ok && !e.closed:
+		// Within the current settings' limits (they may have changed by
+		// a reload during the attempt).
+		s := e.settingsLocked()
+		if limit := time.Now().Add(s.longestWait()); next.After(limit) {
+			next = limit
+		}
+		if exp := ent.rec.Queued.Add(s.giveUp); next.After(exp) {
+			next = exp
+		}
 		t.next = next
 		heap.Push(&e.waiting, t)
 	}

@@ -177,8 +177,17 @@ func (h *harness) send(from string, to []string, body string) string {
 // api calls the admin API and decodes the JSON answer into out (if not nil).
 func (h *harness) api(method, path string, out any) int {
 	h.t.Helper()
-	req, _ := http.NewRequest(method, "http://"+h.env.Admin+path, nil)
-	resp, err := http.DefaultClient.Do(req)
+	var resp *http.Response
+	var err error
+	for try := 0; try < 20; try++ {
+		// Right after a config load the admin server is being replaced:
+		// a connection may be reset before the request reaches a handler.
+		req, _ := http.NewRequest(method, "http://"+h.env.Admin+path, nil)
+		if resp, err = adminClient.Do(req); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err != nil {
 		h.t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -191,6 +200,10 @@ func (h *harness) api(method, path string, out any) int {
 	}
 	return resp.StatusCode
 }
+
+// adminClient opens a connection per request: each config load replaces
+// the admin server, and a kept-alive connection to the old one is reset.
+var adminClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
 
 func (h *harness) list() []queue.EntryInfo {
 	h.t.Helper()
@@ -261,4 +274,9 @@ func (h *harness) verifyDKIM(data []byte) []string {
 		ok = append(ok, v.Domain)
 	}
 	return ok
+}
+
+func TestMain(m *testing.M) {
+	queue.SetStartDelay(0)
+	os.Exit(m.Run())
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -93,6 +94,24 @@ func TestKill9(t *testing.T) {
 		send(t, h.smtpAddr, "alice@example.test", []string{fmt.Sprintf("a%d@example.org", i)}, message(fmt.Sprintf("kill a%d", i), "a@example.org"))
 	}
 	time.Sleep(200 * time.Millisecond)
+
+	// The subcommands talk to the running instance.
+	out, err := exec.Command(bin, "smtp-queue", "--address", h.env.Admin).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), fmt.Sprintf("%d message(s)", n1)) || !strings.Contains(string(out), "a7@example.org") {
+		t.Errorf("caddy smtp-queue: %v\n%s", err, out)
+	}
+	out, err = exec.Command(bin, "smtp-dkim", "--address", h.env.Admin).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "caddysmtp._domainkey.example.test. 3600 IN TXT \"v=DKIM1; k=ed25519; p=") {
+		t.Errorf("caddy smtp-dkim: %v\n%s", err, out)
+	}
+	// Validating the config next to the running server works (the spool
+	// lock is not taken by a config that is only validated).
+	cmd := exec.Command(bin, "validate", "--config", config)
+	cmd.Env = append(os.Environ(), "HOME="+filepath.Dir(config))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("caddy validate next to the running server: %v\n%s", err, out)
+	}
+
 	p.kill()
 	mx := testenv.StartMX(t, mxAddr, testenv.MXOptions{})
 	p = startCaddy(t, bin, config, h.smtpAddr, 2)

@@ -1,10 +1,10 @@
 package queue_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 
 	_ "github.com/caddy-smtp/caddy-smtp/caddyfile"
@@ -125,6 +126,29 @@ func TestExampleCaddyfile(t *testing.T) {
 	if got["target"] != "queue" || got["path"] != "./data/queue" || got["hostname"] != "mail.example.test" {
 		t.Errorf("example outbound: %v", got)
 	}
+	// The golden JSON (caddyfile/adapt_test.go compares every example with
+	// its .json) is up to date, and validates.
+	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt(src, map[string]any{"filename": "../../examples/queue.Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pretty bytes.Buffer
+	json.Indent(&pretty, adapted, "", "\t")
+	pretty.WriteByte('\n')
+	golden, err := os.ReadFile("../../examples/queue.json")
+	if err != nil || !bytes.Equal(golden, pretty.Bytes()) {
+		t.Errorf("examples/queue.json is not the adapted example (%v); it should be:\n%s", err, pretty.Bytes())
+	}
+	var gcfg caddy.Config
+	if err := json.Unmarshal(golden, &gcfg); err != nil {
+		t.Fatal(err)
+	}
+	wd, _ := os.Getwd()
+	t.Chdir(t.TempDir())
+	if err := caddy.Validate(&gcfg); err != nil {
+		t.Errorf("examples/queue.json does not validate: %v", err)
+	}
+	t.Chdir(wd)
 	env := testenv.New(t)
 	dir := env.Path("example")
 	port := testenv.FreePort(t)
@@ -132,6 +156,7 @@ func TestExampleCaddyfile(t *testing.T) {
 	s = strings.ReplaceAll(s, "localhost:2019", env.Admin)
 	s = strings.ReplaceAll(s, "127.0.0.1:2587", fmt.Sprintf("127.0.0.1:%d", port))
 	s = strings.Replace(s, "key_type rsa2048", "key_type ed25519", 1)
+	s = strings.Replace(s, "tls internal", "tls off", 1) // no certificate work left running at the end
 	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(s), map[string]any{"filename": "Caddyfile"})
 	if err != nil {
 		t.Fatal(err)
@@ -179,7 +204,10 @@ func TestReloadAppliesRetrySettings(t *testing.T) {
 	h.queue["retry"] = map[string]any{"initial": "1h", "jitter": -1}
 	h.load()
 	h.send("alice@example.test", []string{"x@down.example"}, message("waiting", "x@down.example"))
-	testenv.WaitFor(5*time.Second, func() bool { l := h.list(); return len(l) == 1 && l[0].Attempts == 1 })
+	testenv.WaitFor(5*time.Second, func() bool {
+		l := h.list()
+		return len(l) == 1 && l[0].Attempts == 1 && !l[0].InFlight && l[0].NextTry != nil
+	})
 	mx := testenv.StartMX(t, fmt.Sprintf("127.0.0.4:%d", h.port), testenv.MXOptions{})
 	h.queue["retry"] = map[string]any{"initial": "100ms", "max": "200ms", "jitter": -1}
 	h.load()
@@ -188,7 +216,7 @@ func TestReloadAppliesRetrySettings(t *testing.T) {
 	}
 	h.waitEmpty(3 * time.Second)
 
-	resp, err := http.Get("http://" + h.env.Admin + "/metrics")
+	resp, err := adminClient.Get("http://" + h.env.Admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -216,6 +216,11 @@ func (s *settings) backoff(n int) time.Duration {
 	return time.Duration(d)
 }
 
+// longestWait is the longest delay backoff can give.
+func (s *settings) longestWait() time.Duration {
+	return time.Duration(float64(s.maxBackoff) * (1 + s.jitter))
+}
+
 // CaddyModule returns the Caddy module information.
 func (Queue) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "smtp.delivery.queue", New: func() caddy.Module { return new(Queue) }}

@@ -401,12 +401,19 @@ func TestReloadDuringDeliveries(t *testing.T) {
 			send(t, h.smtpAddr, "alice@example.test", []string{fmt.Sprintf("r%d@example.org", i)}, message(fmt.Sprintf("reload %d", i), "r@example.org"))
 		}
 	}()
+	midway := 0 // reloads while some, but not all, messages were delivered
 	for i := range 6 {
 		time.Sleep(100 * time.Millisecond)
 		h.queue["retry"] = map[string]any{"initial": fmt.Sprintf("%dms", 200+i), "max": "1s", "jitter": -1}
 		h.load()
+		if got := len(mx.Messages()); got > 0 && got < n {
+			midway++
+		}
 	}
 	<-done
+	if midway == 0 {
+		t.Errorf("no reload happened while deliveries were running")
+	}
 	if !mx.WaitMessages(n, 20*time.Second) {
 		t.Fatalf("only %d of %d messages delivered", len(mx.Messages()), n)
 	}

@@ -127,7 +127,14 @@ func (sp *spool) close() {
 	}
 }
 
-func (sp *spool) path(id string) string      { return filepath.Join(sp.qdir, id) }
+func (sp *spool) path(id string) string { return filepath.Join(sp.qdir, id) }
+
+// exists reports whether an entry file of that name is in the spool.
+func (sp *spool) exists(id string) bool {
+	_, err := os.Lstat(sp.path(id))
+	return err == nil
+}
+
 func (sp *spool) statePath(id string) string { return filepath.Join(sp.qdir, id+".state") }
 
 // write stores a new message: envelope line, prefix (a DKIM-Signature
