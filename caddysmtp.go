@@ -5,10 +5,10 @@ package caddysmtp
 import (
 	_ "github.com/caddy-smtp/caddy-smtp/caddyfile"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/file"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/ban"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/dmarc"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/helo"
-	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/lmtp"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/maildir"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/queue"

@@ -50,9 +50,9 @@ func TestQuickStartExample(t *testing.T) {
 
 	// Submission as the README's mail-client section says: alice logs in
 	// on 2587 with STARTTLS and on 2465 with implicit TLS.
-	crt := "data/caddy/certificates/local/mail.example.test/mail.example.test.crt"
-	if !testenv.WaitFor(10*time.Second, func() bool { _, err := os.Stat(crt); return err == nil }) {
-		t.Fatal("no certificate for mail.example.test")
+	root := "data/caddy/pki/authorities/local/root.crt"
+	if !testenv.WaitFor(10*time.Second, func() bool { _, err := os.Stat(root); return err == nil }) {
+		t.Fatal("no internal CA")
 	}
 	pem, err := os.ReadFile("data/caddy/pki/authorities/local/root.crt")
 	if err != nil {
@@ -61,6 +61,7 @@ func TestQuickStartExample(t *testing.T) {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(pem)
 	tlsConfig := &tls.Config{RootCAs: roots, ServerName: "mail.example.test"}
+	testenv.WaitForCertificate(t, "127.0.0.1:2587", tlsConfig)
 	login := "AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice@example.test\x00demo-alice"))
 
 	s, _ := testenv.Dial(t, "127.0.0.1:2587")

@@ -160,6 +160,13 @@ func (a *App) Start() error {
 			return fmt.Errorf("servers.%s: %v", name, err)
 		}
 	}
+	for _, t := range []any{a.accounts, a.localDelivery, a.outbound} {
+		if st, ok := t.(Starter); ok {
+			if err := st.Start(); err != nil {
+				return err
+			}
+		}
+	}
 	return a.manageCertificates()
 }
 

@@ -124,6 +124,14 @@ type DeliveryTarget interface {
 	Deliver(ctx context.Context, env *Envelope, msg *Message) error
 }
 
+// Starter is an optional interface of delivery targets (and accounts
+// providers): Start is called when the app starts, after its listeners are
+// bound, for work that must not run in a config that is only validated
+// (background workers, locks). Stopping is Cleanup's job.
+type Starter interface {
+	Start() error
+}
+
 // Accounts is the accounts provider: it checks logins and tells which local
 // account an address belongs to.
 type Accounts interface {

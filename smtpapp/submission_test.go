@@ -47,14 +47,14 @@ func startSubmission(t *testing.T, mods ...func(app map[string]any)) *submission
 	}
 	env.Load(env.Config(app, nil))
 	// The certificate is issued in the background after the listeners bind.
-	ok := testenv.WaitFor(10*time.Second, func() bool {
-		_, err := os.Stat(env.Path("caddy", "certificates", "local", s.hostname, s.hostname+".crt"))
+	if !testenv.WaitFor(10*time.Second, func() bool {
+		_, err := os.Stat(env.Path("caddy", "pki", "authorities", "local", "root.crt"))
 		return err == nil
-	})
-	if !ok {
-		t.Fatal("no certificate issued")
+	}) {
+		t.Fatal("no internal CA")
 	}
 	s.tlsConfig = &tls.Config{RootCAs: env.RootCAs(), ServerName: s.hostname}
+	testenv.WaitForCertificate(t, s.mx, s.tlsConfig)
 	return s
 }
 

@@ -266,3 +266,56 @@ func WaitFor(timeout time.Duration, cond func() bool) bool {
 	}
 	return cond()
 }
+
+// WaitForCertificate waits until the SMTP server on addr completes a
+// STARTTLS handshake with cfg (the certificate is issued in the background
+// after the listeners bind, and cached a moment after it is stored).
+func WaitForCertificate(t testing.TB, addr string, cfg *tls.Config) {
+	t.Helper()
+	var last error
+	ok := WaitFor(15*time.Second, func() bool {
+		last = tryStartTLS(addr, cfg)
+		return last == nil
+	})
+	if !ok {
+		t.Fatalf("no TLS on %s: %v", addr, last)
+	}
+}
+
+func tryStartTLS(addr string, cfg *tls.Config) error {
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(conn)
+	readReply := func() (string, error) {
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return "", err
+			}
+			if len(line) < 4 || line[3] == ' ' {
+				return line, nil
+			}
+		}
+	}
+	if _, err := readReply(); err != nil {
+		return err
+	}
+	for _, cmd := range []string{"EHLO wait.example\r\n", "STARTTLS\r\n"} {
+		if _, err := conn.Write([]byte(cmd)); err != nil {
+			return err
+		}
+		line, err := readReply()
+		if err != nil {
+			return err
+		}
+		if !strings.HasPrefix(line, "2") {
+			return fmt.Errorf("%q: %s", cmd, line)
+		}
+	}
+	tc := tls.Client(conn, cfg)
+	return tc.Handshake()
+}

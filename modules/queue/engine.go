@@ -145,26 +145,16 @@ func openEngine(path string, s *settings) (*engine, error) {
 	return e, nil
 }
 
-// startDelay is the wait before a new engine takes the spool lock.
-var startDelay = time.Second
-
 // rescanInterval is how often the spool folder is read again for entries
 // another process (or an administrator) put there.
 const rescanInterval = time.Minute
 
 // start takes the spool lock (waiting while another process holds it),
 // loads the spool, then schedules. Until then, messages can be queued but
-// none is delivered. The lock is taken here rather than in Provision so
-// that `caddy validate` works next to a running server.
+// none is delivered. It runs when the smtp app starts (Queue.Start), never
+// in Provision, so that `caddy validate` works next to a running server.
 func (e *engine) start() {
 	defer close(e.loopDone)
-	// A config that is only validated (caddy validate) is cleaned up
-	// before this: it never touches the spool.
-	select {
-	case <-e.stop:
-		return
-	case <-time.After(startDelay):
-	}
 	wait := time.Second
 	for logged := false; ; {
 		err := e.sp.lockSpool(func(name string) bool {
@@ -234,19 +224,25 @@ func (e *engine) rescan() int {
 	return n
 }
 
-// attach makes q's settings current and starts the engine the first time.
-// Waiting deliveries are brought within the new retry limits.
+// attach makes q's settings current. Waiting deliveries are brought
+// within the new retry limits.
 func (e *engine) attach(q *Queue) {
 	e.mu.Lock()
 	e.owners = append(e.owners, q)
-	start := !e.started
-	e.started = true
 	e.capWaitsLocked(q.s)
+	e.mu.Unlock()
+	e.kick()
+}
+
+// begin starts the engine the first time a config using it starts.
+func (e *engine) begin() {
+	e.mu.Lock()
+	start := !e.started && !e.closed
+	e.started = true
 	e.mu.Unlock()
 	if start {
 		go e.start()
 	}
-	e.kick()
 }
 
 // detach drops q's settings; the previous config's apply again (a failed

@@ -275,8 +275,3 @@ func (h *harness) verifyDKIM(data []byte) []string {
 	}
 	return ok
 }
-
-func TestMain(m *testing.M) {
-	queue.SetStartDelay(0)
-	os.Exit(m.Run())
-}

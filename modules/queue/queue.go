@@ -493,6 +493,13 @@ func loadRoots(file string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
+// Start begins delivering from the spool (the smtp app calls it when it
+// starts, after its listeners are bound).
+func (q *Queue) Start() error {
+	q.eng.begin()
+	return nil
+}
+
 // Cleanup detaches from the engine; the last config to leave stops it.
 func (q *Queue) Cleanup() error {
 	if q.eng == nil {

@@ -49,12 +49,12 @@ func TestUsersFileChangesWithoutReload(t *testing.T) {
 		}},
 	}
 	env.Load(env.Config(app, nil))
-	var cfg *tls.Config
 	testenv.WaitFor(10*time.Second, func() bool {
-		_, err := os.Stat(env.Path("caddy", "certificates", "local", "mail.example.test", "mail.example.test.crt"))
+		_, err := os.Stat(env.Path("caddy", "pki", "authorities", "local", "root.crt"))
 		return err == nil
 	})
-	cfg = &tls.Config{RootCAs: env.RootCAs(), ServerName: "mail.example.test"}
+	cfg := &tls.Config{RootCAs: env.RootCAs(), ServerName: "mail.example.test"}
+	testenv.WaitForCertificate(t, addr, cfg)
 	try := func(user, pass string) int {
 		c, _ := testenv.Dial(t, addr)
 		c.Expect("EHLO client.example.org", 250)
