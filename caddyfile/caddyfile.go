@@ -237,7 +237,7 @@ func parseLimits(d *caddyfile.Dispenser) (*smtpapp.Limits, error) {
 				return nil, err
 			}
 			*map[string]*caddy.Duration{"read_timeout": &lim.ReadTimeout, "write_timeout": &lim.WriteTimeout, "session_timeout": &lim.SessionTimeout}[field] = dur
-		case "max_recipients", "max_line_length", "max_errors", "max_auth_failures", "max_messages":
+		case "max_recipients", "max_line_length", "max_errors", "max_auth_failures", "max_messages", "max_hops":
 			var v string
 			if !d.Args(&v) {
 				return nil, d.ArgErr()
@@ -247,7 +247,8 @@ func parseLimits(d *caddyfile.Dispenser) (*smtpapp.Limits, error) {
 				return nil, d.Errf("%s: %q is not a positive number", field, v)
 			}
 			*map[string]*int{"max_recipients": &lim.MaxRecipients, "max_line_length": &lim.MaxLineLength,
-				"max_errors": &lim.MaxErrors, "max_auth_failures": &lim.MaxAuthFailures, "max_messages": &lim.MaxMessages}[field] = n
+				"max_errors": &lim.MaxErrors, "max_auth_failures": &lim.MaxAuthFailures, "max_messages": &lim.MaxMessages,
+				"max_hops": &lim.MaxHops}[field] = n
 		default:
 			return nil, d.Errf("unrecognized limits option %q", field)
 		}

@@ -549,3 +549,27 @@ func TestForgedAuthResultsRemoved(t *testing.T) {
 		t.Fatalf("other fields or the body changed:\n%q", got)
 	}
 }
+
+func TestMailLoopRefused(t *testing.T) {
+	env, addr := startMX(t, func(app, srv map[string]any) {
+		srv["limits"] = map[string]any{"max_hops": 3}
+	})
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	send := func(hops int) testenv.Reply {
+		c.Expect("MAIL FROM:<sender@example.org>", 250)
+		c.Expect("RCPT TO:<alice@example.test>", 250)
+		c.Expect("DATA", 354)
+		c.Send(strings.Repeat("Received: from a by b; Fri, 27 Nov 2026 20:00:00 +0000\r\n", hops) + "Subject: loop\r\n\r\nx\r\n.\r\n")
+		return c.Read()
+	}
+	if r := send(3); r.Code != 250 {
+		t.Fatalf("3 hops: %s", r)
+	}
+	if r := send(4); r.Code != 554 || !strings.HasPrefix(r.Text(), "5.4.6") {
+		t.Fatalf("4 hops: want 554 5.4.6, got %s", r)
+	}
+	if n := len(aliceMail(t, env)); n != 1 {
+		t.Fatalf("want only the 3-hop message stored, got %d", n)
+	}
+}

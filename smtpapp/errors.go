@@ -29,6 +29,7 @@ var (
 	replyTooManyAuth    = Errorf(421, [3]int{4, 7, 0}, "Too many failed authentications, closing connection")
 	replyClosing        = Errorf(421, [3]int{4, 3, 2}, "Service shutting down, closing connection")
 	replySpam           = Errorf(550, [3]int{5, 7, 1}, "Message refused as spam")
+	replyTooManyHops    = Errorf(554, [3]int{5, 4, 6}, "Too many hops (Received header fields): mail loop")
 	replyNestedMail     = Errorf(503, [3]int{5, 5, 1}, "Nested MAIL command")
 	replyAuthzid        = Errorf(535, [3]int{5, 7, 8}, "Authorization identity must match the login")
 )

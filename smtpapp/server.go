@@ -93,6 +93,9 @@ type Limits struct {
 	MaxAuthFailures int `json:"max_auth_failures,omitempty"`
 	// MaxMessages per session. Default: 1000.
 	MaxMessages int `json:"max_messages,omitempty"`
+	// MaxHops is how many Received header fields a message may carry
+	// before it is refused as a mail loop (554 5.4.6). Default: 50.
+	MaxHops int `json:"max_hops,omitempty"`
 }
 
 // ServerTLS configures TLS for a server. Certificates come from Caddy's tls
@@ -136,6 +139,7 @@ func (l *Limits) withDefaults() Limits {
 	def(&out.MaxErrors, 10)
 	def(&out.MaxAuthFailures, 3)
 	def(&out.MaxMessages, 1000)
+	def(&out.MaxHops, 50)
 	if out.ReadTimeout == 0 {
 		out.ReadTimeout = caddy.Duration(5 * time.Minute)
 	}

@@ -355,12 +355,24 @@ func (ss *session) Data(r io.Reader) error {
 	if c.net.bareEOL.Load() {
 		return ss.dataError(errBareLineEnd)
 	}
-	// RFC 8601 5: results claiming to be ours but made elsewhere go.
+	// One pass over the header section: count the hops (a mail loop ends
+	// here, RFC 5321 6.3) and drop results that claim to be ours but were
+	// made elsewhere (RFC 8601 5).
+	hops := 0
 	if err := msg.removeHeaderFields(func(name, value string) bool {
+		if strings.EqualFold(name, "Received") {
+			hops++
+		}
 		return strings.EqualFold(name, "Authentication-Results") && authservID(value) == strings.ToLower(srv.Hostname)
 	}); err != nil {
 		c.logger.Error("reading the header section", zap.Error(err))
 		return replyDeliveryFailed
+	}
+	if max := srv.Limits.withDefaults().MaxHops; hops > max {
+		c.logger.Info("refused", zap.String("stage", "data"), zap.String("reason", "mail loop"), zap.Int("hops", hops))
+		srv.metrics.refused(srv.name, "data", "", "too_many_hops")
+		ss.logMessage(msg, "rejected", replyTooManyHops)
+		return ss.fail(replyTooManyHops)
 	}
 	for i, h := range srv.handlers {
 		if hook, ok := h.(DataHook); ok {
