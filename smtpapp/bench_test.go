@@ -2,8 +2,11 @@ package smtpapp_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 )
@@ -21,9 +24,14 @@ func BenchmarkInboundTransaction(b *testing.B) {
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	b.SetParallelism(10) // 10 x GOMAXPROCS concurrent clients
+	var mu sync.Mutex
+	var latencies []time.Duration
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
+		var mine []time.Duration
+		defer func() { mu.Lock(); latencies = append(latencies, mine...); mu.Unlock() }()
 		for pb.Next() {
+			start := time.Now()
 			c, greet := testenv.Dial(b, addr)
 			if greet.Code != 220 {
 				b.Error(greet)
@@ -38,6 +46,7 @@ func BenchmarkInboundTransaction(b *testing.B) {
 				b.Error(r)
 				return
 			}
+			mine = append(mine, time.Since(start)) // connect to 250 after DATA
 			c.Send("QUIT\r\n")
 			c.Read()
 			c.Conn.Close()
@@ -45,4 +54,9 @@ func BenchmarkInboundTransaction(b *testing.B) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	slices.Sort(latencies)
+	if n := len(latencies); n > 0 {
+		b.ReportMetric(float64(latencies[n/2].Microseconds())/1000, "p50-ms")
+		b.ReportMetric(float64(latencies[n*99/100].Microseconds())/1000, "p99-ms")
+	}
 }
