@@ -6,8 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-
-	"github.com/miekg/dns"
 )
 
 // NetResolver gives the app's resolver the shape of *net.Resolver that
@@ -30,23 +28,10 @@ func netError(name string, err error) error {
 	return &net.DNSError{Err: err.Error(), Name: name}
 }
 
-// LookupTXT returns the TXT records of name, each record's strings joined
-// and unescaped (miekg/dns presents them escaped).
+// LookupTXT returns the TXT records of name, each record's strings joined.
 func (n NetResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
-	in, err := n.R.Query(ctx, name, dns.TypeTXT)
-	if err != nil {
-		return nil, netError(name, err)
-	}
-	var out []string
-	for _, rr := range in.Answer {
-		if t, ok := rr.(*dns.TXT); ok {
-			out = append(out, unescapeTXT(strings.Join(t.Txt, "")))
-		}
-	}
-	if len(out) == 0 {
-		return nil, netError(name, ErrNotFound)
-	}
-	return out, nil
+	txts, err := n.R.LookupTXT(ctx, name)
+	return txts, netError(name, err)
 }
 
 func (n NetResolver) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
@@ -75,9 +60,9 @@ func (n NetResolver) LookupAddr(ctx context.Context, addr string) ([]string, err
 	return names, netError(addr, err)
 }
 
-// unescapeTXT turns a TXT string as miekg/dns presents it (\" \\ and
+// UnescapeTXT turns a TXT string as miekg/dns presents it (\" \\ and
 // \DDD escapes) back into its bytes.
-func unescapeTXT(s string) string {
+func UnescapeTXT(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}

@@ -192,7 +192,7 @@ func (r *Resolver) LookupTXT(ctx context.Context, name string) ([]string, error)
 	}
 	out := make([]string, 0, len(rrs))
 	for _, rr := range rrs {
-		out = append(out, unescapeTXT(strings.Join(rr.(*dns.TXT).Txt, "")))
+		out = append(out, UnescapeTXT(strings.Join(rr.(*dns.TXT).Txt, "")))
 	}
 	return out, nil
 }

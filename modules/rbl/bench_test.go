@@ -42,8 +42,8 @@ func TestCleanReason(t *testing.T) {
 
 func TestUnescapeTXT(t *testing.T) {
 	for in, want := range map[string]string{`a\"b\\c\001d\255`: "a\"b\\c\x01d\xff", "plain": "plain", `end\`: `end\`} {
-		if got := unescapeTXT(in); got != want {
-			t.Errorf("unescapeTXT(%q) = %q, want %q", in, got, want)
+		if got := smtpapp.UnescapeTXT(in); got != want {
+			t.Errorf("UnescapeTXT(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -318,7 +318,7 @@ func (s *zoneState) ask(ctx context.Context, name string, wantTXT bool) (answer,
 					var txts []string
 					for _, rr := range in.Answer {
 						if t, ok := rr.(*dns.TXT); ok {
-							txts = append(txts, unescapeTXT(strings.Join(t.Txt, "")))
+							txts = append(txts, smtpapp.UnescapeTXT(strings.Join(t.Txt, "")))
 						}
 					}
 					a.txt = strings.Join(txts, " ")
@@ -440,31 +440,3 @@ func metricSelfTests(zone, result string) {
 func isTimeout(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "timeout")
 }
-
-// unescapeTXT turns a TXT string as miekg/dns presents it (\" \\ and
-// \DDD escapes) back into its bytes.
-func unescapeTXT(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '\\' || i+1 >= len(s) {
-			b.WriteByte(s[i])
-			continue
-		}
-		if i+3 < len(s) && isDigit(s[i+1]) && isDigit(s[i+2]) && isDigit(s[i+3]) {
-			n := int(s[i+1]-'0')*100 + int(s[i+2]-'0')*10 + int(s[i+3]-'0')
-			if n <= 255 {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i+1])
-		i++
-	}
-	return b.String()
-}
-
-func isDigit(c byte) bool { return c >= '0' && c <= '9' }
