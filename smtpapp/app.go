@@ -7,13 +7,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
-	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
@@ -116,6 +116,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.SpoolDir == "" {
 		a.SpoolDir = filepath.Join(caddy.AppDataDir(), "smtp", "spool")
 	}
+	if err := os.MkdirAll(a.SpoolDir, 0o700); err != nil {
+		return fmt.Errorf("spool_dir: %v", err)
+	}
 	if a.GracePeriod == 0 {
 		a.GracePeriod = caddy.Duration(5 * time.Minute)
 	}
@@ -152,22 +155,33 @@ func (a *App) Start() error {
 		names = append(names, name)
 	}
 	slices.Sort(names)
-	for i, name := range names {
-		if err := a.Servers[name].start(); err != nil {
-			for _, started := range names[:i] {
-				a.Servers[started].stop(context.Background(), true)
-			}
-			return fmt.Errorf("servers.%s: %v", name, err)
+	// Caddy does not Stop an app whose Start failed: undo it here, or the
+	// failed config's listeners would keep taking the shared sockets'
+	// connections.
+	started := 0
+	undo := func(err error) error {
+		for _, name := range names[:started] {
+			a.Servers[name].stop(context.Background(), true)
 		}
+		return err
+	}
+	for _, name := range names {
+		if err := a.Servers[name].start(); err != nil {
+			return undo(fmt.Errorf("servers.%s: %v", name, err))
+		}
+		started++
 	}
 	for _, t := range []any{a.accounts, a.localDelivery, a.outbound} {
 		if st, ok := t.(Starter); ok {
 			if err := st.Start(); err != nil {
-				return err
+				return undo(err)
 			}
 		}
 	}
-	return a.manageCertificates()
+	if err := a.manageCertificates(); err != nil {
+		return undo(err)
+	}
+	return nil
 }
 
 // manageCertificates has the tls app manage the servers' hostnames, all in
@@ -180,9 +194,6 @@ func (a *App) manageCertificates() error {
 			continue
 		}
 		tlsApp = srv.tlsApp
-		if !certmagic.SubjectQualifiesForCert(srv.Hostname) {
-			return fmt.Errorf("servers.%s.hostname: %q does not qualify for a certificate", srv.name, srv.Hostname)
-		}
 		names[srv.Hostname] = struct{}{}
 	}
 	if tlsApp == nil {

@@ -231,11 +231,12 @@ type netConn struct {
 	bareEOL     atomic.Bool
 
 	// Stream inspection, only while the stream is plaintext.
-	inspect  bool
-	startTLS bool // the server offers STARTTLS: stop inspecting after it
-	prevCR   bool
-	lineLen  int
-	line     [8]byte
+	inspect     bool
+	startTLS    bool // the server offers STARTTLS
+	sawSTARTTLS bool // a STARTTLS line was seen
+	prevCR      bool
+	lineLen     int
+	line        [8]byte
 
 	closeOnce sync.Once
 }
@@ -261,10 +262,16 @@ func (n *netConn) Read(b []byte) (int, error) {
 // SetReadDeadline is a no-op: Read sets the deadline itself.
 func (n *netConn) SetReadDeadline(time.Time) error { return nil }
 
-// scan flags bare CR/LF and stops inspecting once STARTTLS was asked for
-// (the rest of the stream is TLS).
+// scan flags bare CR/LF. Inspection stops when a TLS handshake record
+// (0x16, never at the start of an SMTP line) starts a line after a
+// STARTTLS line: from there on the stream is TLS. Lines pipelined between
+// the two (an injection attempt) are still inspected; go-smtp drops them.
 func (n *netConn) scan(b []byte) {
-	for i, ch := range b {
+	for _, ch := range b {
+		if n.lineLen == 0 && ch == 0x16 && n.sawSTARTTLS {
+			n.inspect = false
+			return
+		}
 		if n.prevCR && ch != '\n' {
 			n.bareEOL.Store(true)
 		}
@@ -273,9 +280,7 @@ func (n *netConn) scan(b []byte) {
 				n.bareEOL.Store(true)
 			}
 			if n.startTLS && n.lineLen >= 8 && isSTARTTLS(n.line[:]) {
-				n.inspect = false
-				_ = i
-				return
+				n.sawSTARTTLS = true
 			}
 			n.lineLen = 0
 		} else {

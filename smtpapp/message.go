@@ -143,51 +143,69 @@ func (m *Message) WriteTo(w io.Writer) (int64, error) {
 	return int64(n) + k, err
 }
 
-// maxHeaderScan bounds how much of a body is read as its header section.
-const maxHeaderScan = 256 << 10
+// maxHeaderSection bounds the header section the server reads; a message
+// whose header section is longer is refused.
+const maxHeaderSection = 1 << 20
 
-// removeHeaderFields drops the fields of the original header section for
-// which drop(name, value) is true (name as written, value unfolded).
+// errHeaderTooLarge reports a header section over maxHeaderSection.
+var errHeaderTooLarge = errors.New("header section too large")
+
+// removeHeaderFields calls drop for each field of the original header
+// section (name as written, without trailing white space; value unfolded)
+// and removes the fields for which it returns true. The header section
+// ends at the first empty line, or with the message.
 func (m *Message) removeHeaderFields(drop func(name, value string) bool) error {
-	buf := make([]byte, min(m.size, maxHeaderScan))
-	if _, err := io.ReadFull(m.Body(), buf); err != nil {
-		return err
+	buf := m.mem
+	if m.file != nil {
+		buf = make([]byte, min(m.size, maxHeaderSection))
+		if _, err := io.ReadFull(io.NewSectionReader(m.file, 0, m.size), buf); err != nil {
+			return err
+		}
 	}
-	end := bytes.Index(buf, []byte("\r\n\r\n"))
-	if end < 0 {
-		return nil // no complete header section within reach: leave it
-	}
-	section := buf[:end+2]
-	var out []byte
-	changed := false
-	for len(section) > 0 {
+	type span struct{ from, to int }
+	var dropped []span
+	pos, complete := 0, false
+	for pos < len(buf) {
+		if bytes.HasPrefix(buf[pos:], []byte("\r\n")) {
+			complete = true // the empty line ending the header section
+			break
+		}
 		// A field runs to a CRLF not followed by white space.
-		n := 0
+		end := pos
 		for {
-			i := bytes.Index(section[n:], []byte("\r\n"))
+			i := bytes.Index(buf[end:], []byte("\r\n"))
 			if i < 0 {
-				n = len(section)
+				end = len(buf)
 				break
 			}
-			n += i + 2
-			if n >= len(section) || (section[n] != ' ' && section[n] != '\t') {
+			end += i + 2
+			if end >= len(buf) || (buf[end] != ' ' && buf[end] != '\t') {
 				break
 			}
 		}
-		field := section[:n]
-		section = section[n:]
+		field := buf[pos:end]
 		if colon := bytes.IndexByte(field, ':'); colon > 0 {
-			value := strings.Join(strings.Fields(string(field[colon+1:])), " ")
-			if drop(string(field[:colon]), value) {
-				changed = true
-				continue
+			name := string(bytes.TrimRight(field[:colon], " \t"))
+			if drop(name, strings.Join(strings.Fields(string(field[colon+1:])), " ")) {
+				dropped = append(dropped, span{pos, end})
 			}
 		}
-		out = append(out, field...)
+		pos = end
 	}
-	if changed {
-		m.head, m.skip = out, int64(end+2)
+	if !complete && int64(len(buf)) < m.size {
+		return errHeaderTooLarge
 	}
+	if len(dropped) == 0 {
+		return nil
+	}
+	var head []byte
+	prev := 0
+	for _, d := range dropped {
+		head = append(head, buf[prev:d.from]...)
+		prev = d.to
+	}
+	m.head = append(head, buf[prev:pos]...)
+	m.skip = int64(pos)
 	return nil
 }
 

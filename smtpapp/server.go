@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
+	"github.com/caddyserver/certmagic"
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 )
@@ -246,6 +247,9 @@ func (s *Server) provisionTLS(ctx caddy.Context) error {
 		return fmt.Errorf("tls: getting the tls app: %v", err)
 	}
 	s.tlsApp = tlsAppIface.(*caddytls.TLS)
+	if !certmagic.SubjectQualifiesForCert(s.Hostname) {
+		return fmt.Errorf("hostname: %q does not qualify for a certificate (turn TLS off with tls.disable_starttls)", s.Hostname)
+	}
 	internal := s.TLS != nil && s.TLS.Issuer == "internal"
 	if internal && !s.app.internalNames[s.Hostname] {
 		if s.app.internalNames == nil {
@@ -312,6 +316,7 @@ func (s *Server) stop(ctx context.Context, now bool) {
 		return
 	}
 	if now {
+		s.closeListeners() // Serve may not have taken them yet
 		s.smtp.Close()
 		return
 	}

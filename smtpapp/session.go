@@ -7,6 +7,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -110,20 +111,20 @@ func (b backend) NewSession(sc *smtp.Conn) (smtp.Session, error) {
 type session struct {
 	c        *Conn
 	srv      *Server
-	messages int
+	messages atomic.Int32 // go-smtp runs BDAT's Data in its own goroutine
 }
 
 // check refuses everything once the stream had a bare CR/LF or the
 // connection is closing.
 func (ss *session) check() error {
-	if ss.c.net.closing.Load() {
-		return replyClosing
-	}
 	if ss.c.net.bareEOL.Load() {
 		ss.c.logger.Info("refused", zap.String("stage", "command"), zap.String("reason", "bare CR or LF in command stream"))
 		ss.c.Emit(Event{Kind: EventProtocolError, Detail: "bare CR or LF"})
 		ss.c.closeAfterReply()
 		return replyBareLFCommand
+	}
+	if ss.c.net.closing.Load() {
+		return replyClosing
 	}
 	return nil
 }
@@ -186,6 +187,14 @@ func (ss *session) login(username, password string) error {
 		return err
 	}
 	c := ss.c
+	// RFC 4954 4: no AUTH during a mail transaction (the sender was
+	// checked, or not, as an unauthenticated client's).
+	c.mu.Lock()
+	inMail := c.inMail
+	c.mu.Unlock()
+	if inMail {
+		return ss.fail(replyAuthInTransaction)
+	}
 	for i, h := range ss.srv.handlers {
 		if hook, ok := h.(AuthHook); ok {
 			if err := hook.Auth(c.ctx, c, username); err != nil {
@@ -226,7 +235,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	c := ss.c
 	lim := ss.srv.Limits.withDefaults()
-	if ss.messages >= lim.MaxMessages {
+	if int(ss.messages.Load()) >= lim.MaxMessages {
 		c.closeAfterReply()
 		return Errorf(421, [3]int{4, 7, 0}, "Too many messages in one session, closing connection")
 	}
@@ -346,7 +355,7 @@ func (ss *session) Data(r io.Reader) error {
 		return err
 	}
 	c, srv := ss.c, ss.srv
-	ss.messages++
+	ss.messages.Add(1)
 	msg, err := readMessage(r, memLimit, srv.app.SpoolDir)
 	if err != nil {
 		return ss.dataError(err)
@@ -365,6 +374,12 @@ func (ss *session) Data(r io.Reader) error {
 		}
 		return strings.EqualFold(name, "Authentication-Results") && authservID(value) == strings.ToLower(srv.Hostname)
 	}); err != nil {
+		if errors.Is(err, errHeaderTooLarge) {
+			c.logger.Info("refused", zap.String("stage", "data"), zap.String("reason", "header section too large"))
+			srv.metrics.refused(srv.name, "data", "", "header_too_large")
+			ss.logMessage(msg, "rejected", err)
+			return ss.fail(replyHeaderTooLarge)
+		}
 		c.logger.Error("reading the header section", zap.Error(err))
 		return replyDeliveryFailed
 	}
@@ -400,6 +415,20 @@ func (ss *session) Data(r io.Reader) error {
 	srv.metrics.bytes.WithLabelValues(srv.name).Add(float64(msg.Size()))
 	ss.logMessage(msg, "delivered", nil)
 	return &Error{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + env.ID}
+}
+
+// commentSafe keeps printable ASCII other than parentheses and
+// backslashes, for a header comment; at most 64 bytes.
+func commentSafe(s string) string {
+	b := make([]byte, 0, min(len(s), 64))
+	for i := 0; i < len(s) && len(b) < 64; i++ {
+		if ch := s[i]; ch > 0x20 && ch < 0x7f && ch != '(' && ch != ')' && ch != '\\' {
+			b = append(b, ch)
+		} else {
+			b = append(b, '?')
+		}
+	}
+	return string(b)
 }
 
 // authservID is the authserv-id of an Authentication-Results value.
@@ -495,7 +524,12 @@ func (ss *session) received(env *Envelope) string {
 		proto += "A"
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "from %s ([%s])\r\n\tby %s (caddy-smtp) with %s id %s", env.Helo, env.ClientIP, ss.srv.Hostname, proto, env.ID)
+	if ValidHostname(env.Helo) {
+		fmt.Fprintf(&b, "from %s ([%s])", env.Helo, env.ClientIP)
+	} else { // whatever the client said must not forge the trace
+		fmt.Fprintf(&b, "from [%s] (helo=%s)", env.ClientIP, commentSafe(env.Helo))
+	}
+	fmt.Fprintf(&b, "\r\n\tby %s (caddy-smtp) with %s id %s", ss.srv.Hostname, proto, env.ID)
 	if len(env.Recipients) == 1 {
 		fmt.Fprintf(&b, "\r\n\tfor <%s>", env.Recipients[0].Address)
 	}
