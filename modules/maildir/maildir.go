@@ -5,6 +5,7 @@ package maildir
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -37,10 +38,13 @@ type Maildir struct {
 
 	root     string
 	hostname string
+	unnamed  bool // O_TMPFILE files can be linked (needs /proc)
 	logger   *zap.Logger
 }
 
 var seq atomic.Uint64
+
+var errNoUnnamed = errors.New("unnamed files are not supported here")
 
 // CaddyModule returns the Caddy module information.
 func (Maildir) CaddyModule() caddy.ModuleInfo {
@@ -63,6 +67,8 @@ func (m *Maildir) Provision(ctx caddy.Context) error {
 	if strings.ContainsAny(m.JunkFolder, "/\\") || strings.HasPrefix(m.JunkFolder, ".") {
 		return fmt.Errorf("junk_folder: %q must be a plain folder name", m.JunkFolder)
 	}
+	_, err := os.Stat("/proc/self/fd")
+	m.unnamed = err == nil
 	h, _ := os.Hostname()
 	m.hostname = strings.NewReplacer("/", `\057`, ":", `\072`).Replace(h)
 	return nil
@@ -165,12 +171,18 @@ func (m *Maildir) stage(dir string, env *smtpapp.Envelope, r smtpapp.Recipient, 
 	base := strconv.FormatInt(now.Unix(), 10) + ".M" + strconv.Itoa(now.Nanosecond()/1000) +
 		"P" + strconv.Itoa(os.Getpid()) + "Q" + strconv.FormatUint(seq.Add(1), 10) + "." + m.hostname
 	sf := &stagedFile{}
-	f, err := openUnnamed(filepath.Join(dir, "tmp"))
+	open := func() (*os.File, error) {
+		if !m.unnamed {
+			return nil, errNoUnnamed
+		}
+		return openUnnamed(filepath.Join(dir, "tmp"))
+	}
+	f, err := open()
 	if os.IsNotExist(err) { // first message: create the Maildir
 		if err := ensureMaildir(dir); err != nil {
 			return nil, err
 		}
-		f, err = openUnnamed(filepath.Join(dir, "tmp"))
+		f, err = open()
 	}
 	if err != nil { // no O_TMPFILE here: the classic tmp/ file
 		sf.tmp = filepath.Join(dir, "tmp", base)

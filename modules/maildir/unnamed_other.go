@@ -2,12 +2,7 @@
 
 package maildir
 
-import (
-	"errors"
-	"os"
-)
-
-var errNoUnnamed = errors.New("unnamed files are not supported here")
+import "os"
 
 func openUnnamed(dir string) (*os.File, error) { return nil, errNoUnnamed }
 

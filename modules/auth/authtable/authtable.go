@@ -5,6 +5,7 @@ package authtable
 import (
 	"fmt"
 	"strings"
+	"sync"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -29,14 +30,30 @@ type Account struct {
 
 // Table is an in-memory accounts table, shared by the accounts providers.
 type Table struct {
+	dummy  []byte                     // for unknown users: the highest cost in use
 	hashes map[string][]byte          // account -> bcrypt hash
 	routes map[string]string          // address or alias -> account
 	sendAs map[string]map[string]bool // account -> extra senders
 }
 
-// dummyHash makes a failed login for an unknown user cost the same bcrypt
-// work as a wrong password, so timing does not reveal which accounts exist.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("caddy-smtp timing equaliser"), bcrypt.DefaultCost)
+// dummyHashes make a failed login for an unknown user cost the same bcrypt
+// work as a wrong password, so timing does not reveal which accounts
+// exist: one hash per cost in use, made once per process.
+var (
+	dummyMu     sync.Mutex
+	dummyHashes = map[int][]byte{}
+)
+
+func dummyHash(cost int) []byte {
+	dummyMu.Lock()
+	defer dummyMu.Unlock()
+	h, ok := dummyHashes[cost]
+	if !ok {
+		h, _ = bcrypt.GenerateFromPassword([]byte("caddy-smtp timing equaliser"), cost)
+		dummyHashes[cost] = h
+	}
+	return h
+}
 
 // New checks accounts and builds a Table; field names the config
 // field in errors.
@@ -78,6 +95,13 @@ func New(accounts []Account, field string) (*Table, error) {
 			t.sendAs[addr][sender] = true
 		}
 	}
+	cost := bcrypt.DefaultCost
+	for _, h := range t.hashes {
+		if c, err := bcrypt.Cost(h); err == nil && c > cost {
+			cost = c
+		}
+	}
+	t.dummy = dummyHash(cost)
 	return t, nil
 }
 
@@ -89,12 +113,23 @@ func canonical(address string) (string, error) {
 	return strings.ToLower(a.Local) + "@" + a.Domain, nil
 }
 
+// Len is the number of accounts.
+func (t *Table) Len() int {
+	n := 0
+	for addr, acct := range t.routes {
+		if addr == acct {
+			n++
+		}
+	}
+	return n
+}
+
 // Authenticate checks username (an account address) and password.
 func (t *Table) Authenticate(username, password string) (string, error) {
 	account, err := canonical(username)
 	hash, ok := t.hashes[account]
 	if err != nil || !ok {
-		bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		bcrypt.CompareHashAndPassword(t.dummy, []byte(password))
 		return "", smtpapp.ErrAuthFailed
 	}
 	if bcrypt.CompareHashAndPassword(hash, []byte(password)) != nil {

@@ -115,6 +115,12 @@ func (f *File) reload(force bool) {
 		f.logger.Error("users file rejected", zap.Error(err))
 		return
 	}
+	if table.Len() == 0 && f.table != nil && f.table.Len() > 0 {
+		// Most likely caught half-written (edit files by replacing them,
+		// as `caddy smtp-user` does): keep the accounts, look again later.
+		f.logger.Warn("users file has no valid account now; keeping the accounts loaded before", zap.String("path", f.Path))
+		return
+	}
 	f.table, f.modTime, f.size = table, st.ModTime(), st.Size()
 	f.logger.Info("users file loaded", zap.String("path", f.Path), zap.Int("accounts", len(accounts)))
 }
