@@ -416,12 +416,18 @@ func addresses(rs []smtpapp.Recipient) []string {
 }
 
 // dkimKeyFor picks the key of the From field's domain (or of the envelope
-// sender's, for a message without a From field).
+// sender's, for a message without a From field). The From domain must be
+// the envelope sender's, which smtpapp checked against the account: one
+// user of a shared server must not get another hosted domain's signature.
+// Mail from the null sender (our own reports) is signed for its From.
 func (s *settings) dkimKeyFor(fields []headerField, from string) *dkimKey {
 	if len(s.dkim) == 0 {
 		return nil
 	}
 	d := fromDomain(fields)
+	if d != "" && from != "" && !strings.EqualFold(d, domainOf(from)) {
+		return nil
+	}
 	if d == "" {
 		hasFrom := false
 		for _, f := range fields {
