@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/limitstore"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
@@ -432,23 +433,15 @@ func (h *Ban) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Window = caddy.Duration(dur)
 			}
 		case "window", "ban_duration":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(v)
+			dur, err := caddyargs.Duration(d)
 			if err != nil {
-				return d.Errf("%s: %v", opt, err)
+				return err
 			}
-			*map[string]*caddy.Duration{"window": &h.Window, "ban_duration": &h.BanDuration}[opt] = caddy.Duration(dur)
+			*map[string]*caddy.Duration{"window": &h.Window, "ban_duration": &h.BanDuration}[opt] = dur
 		case "ipv4_prefix", "ipv6_prefix":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
-			}
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 {
-				return d.Errf("%s: %q is not a positive number", opt, v)
+			n, err := caddyargs.Int(d)
+			if err != nil {
+				return err
 			}
 			*map[string]*int{"ipv4_prefix": &h.IPv4Prefix, "ipv6_prefix": &h.IPv6Prefix}[opt] = n
 		case "events", "allow", "block":

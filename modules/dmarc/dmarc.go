@@ -31,6 +31,10 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/net/publicsuffix"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/headertext"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/outcome"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -43,30 +47,30 @@ func init() {
 // passes for a domain aligned with the From: domain. A failing message
 // gets the outcome configured for the domain's policy (none, quarantine
 // or reject): points added to the spam score, or a refusal at the end of
-// DATA (550 5.7.26). The results are recorded in an Authentication-Results
-// header field whose authserv-id is the server's hostname. Authenticated
-// sessions are not checked.
+// DATA (550 5.7.26; 451 4.7.26 for "defer"). The results are recorded in
+// an Authentication-Results header field whose authserv-id is the
+// server's hostname. Authenticated sessions are not checked.
 type DMARC struct {
 	// DKIMPass: the message has a valid DKIM signature (of any domain).
 	// Default: score 0.
-	DKIMPass *Outcome `json:"dkim_pass,omitempty"`
+	DKIMPass *outcome.Outcome `json:"dkim_pass,omitempty"`
 	// DKIMFail: it has signatures, none valid. Default: score 1.
-	DKIMFail *Outcome `json:"dkim_fail,omitempty"`
+	DKIMFail *outcome.Outcome `json:"dkim_fail,omitempty"`
 	// DMARCPass: SPF or DKIM passes aligned with the From: domain.
 	// Default: score 0.
-	DMARCPass *Outcome `json:"dmarc_pass,omitempty"`
+	DMARCPass *outcome.Outcome `json:"dmarc_pass,omitempty"`
 	// FailNone: DMARC fails and the domain's policy is none.
 	// Default: score 1.
-	FailNone *Outcome `json:"fail_none,omitempty"`
+	FailNone *outcome.Outcome `json:"fail_none,omitempty"`
 	// FailQuarantine: DMARC fails and the policy is quarantine. Default:
 	// score 5 (the default tag_score: the message goes to Junk).
-	FailQuarantine *Outcome `json:"fail_quarantine,omitempty"`
+	FailQuarantine *outcome.Outcome `json:"fail_quarantine,omitempty"`
 	// FailReject: DMARC fails and the policy is reject. Default: reject
 	// (550 5.7.26 at the end of DATA).
-	FailReject *Outcome `json:"fail_reject,omitempty"`
+	FailReject *outcome.Outcome `json:"fail_reject,omitempty"`
 	// TempError: a DNS failure looking up the DMARC record; "reject" is
 	// not allowed (use "defer"). Default: score 0.
-	TempError *Outcome `json:"temperror,omitempty"`
+	TempError *outcome.Outcome `json:"temperror,omitempty"`
 
 	// IgnorePercent applies the policy to every failing message, ignoring
 	// the record's pct= sampling.
@@ -80,33 +84,19 @@ type DMARC struct {
 	// Default: 20s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
-	outcomes map[string]Outcome
+	outcomes map[string]outcome.Outcome
 	resolver smtpapp.NetResolver
 	logger   *zap.Logger
 }
 
-// Outcome is what a result leads to.
-type Outcome struct {
-	// Action: "score" (default) adds Score to the spam score; "reject"
-	// refuses the message at the end of DATA (550); "defer" refuses it
-	// with 451 so the client tries again later.
-	Action string `json:"action,omitempty"`
-	// Score is the points added (negative for a good sign).
-	Score float64 `json:"score,omitempty"`
-}
-
-var outcomeFields = []struct {
-	name string
-	def  Outcome
-	get  func(*DMARC) **Outcome
-}{
-	{"dkim_pass", Outcome{}, func(d *DMARC) **Outcome { return &d.DKIMPass }},
-	{"dkim_fail", Outcome{Score: 1}, func(d *DMARC) **Outcome { return &d.DKIMFail }},
-	{"dmarc_pass", Outcome{}, func(d *DMARC) **Outcome { return &d.DMARCPass }},
-	{"fail_none", Outcome{Score: 1}, func(d *DMARC) **Outcome { return &d.FailNone }},
-	{"fail_quarantine", Outcome{Score: 5}, func(d *DMARC) **Outcome { return &d.FailQuarantine }},
-	{"fail_reject", Outcome{Action: "reject"}, func(d *DMARC) **Outcome { return &d.FailReject }},
-	{"temperror", Outcome{}, func(d *DMARC) **Outcome { return &d.TempError }},
+var outcomeFields = []outcome.Setting[DMARC]{
+	{Name: "dkim_pass", Field: func(d *DMARC) **outcome.Outcome { return &d.DKIMPass }, Actions: outcome.All},
+	{Name: "dkim_fail", Default: outcome.Outcome{Score: 1}, Field: func(d *DMARC) **outcome.Outcome { return &d.DKIMFail }, Actions: outcome.All},
+	{Name: "dmarc_pass", Field: func(d *DMARC) **outcome.Outcome { return &d.DMARCPass }, Actions: outcome.All},
+	{Name: "fail_none", Default: outcome.Outcome{Score: 1}, Field: func(d *DMARC) **outcome.Outcome { return &d.FailNone }, Actions: outcome.All},
+	{Name: "fail_quarantine", Default: outcome.Outcome{Score: 5}, Field: func(d *DMARC) **outcome.Outcome { return &d.FailQuarantine }, Actions: outcome.All},
+	{Name: "fail_reject", Default: outcome.Outcome{Action: outcome.Reject}, Field: func(d *DMARC) **outcome.Outcome { return &d.FailReject }, Actions: outcome.All},
+	{Name: "temperror", Field: func(d *DMARC) **outcome.Outcome { return &d.TempError }, Actions: outcome.TempError},
 }
 
 var (
@@ -132,35 +122,13 @@ func (m *DMARC) Provision(ctx caddy.Context) error {
 	if app == nil {
 		return fmt.Errorf("the dmarc handler works only in the smtp app")
 	}
-	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		for _, c := range []prometheus.Collector{metricDKIM, metricDMARC} {
-			if err := reg.Register(c); err != nil {
-				var are prometheus.AlreadyRegisteredError
-				if !errors.As(err, &are) {
-					return fmt.Errorf("registering metrics: %v", err)
-				}
-			}
-		}
+	if err := promreg.Register(ctx.GetMetricsRegistry(), metricDKIM, metricDMARC); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
 	}
 	m.resolver = smtpapp.NetResolver{R: app.DNS()}
-	m.outcomes = map[string]Outcome{}
-	for _, f := range outcomeFields {
-		o := f.def
-		if p := *f.get(m); p != nil {
-			o = *p
-		}
-		switch o.Action {
-		case "", "score":
-			o.Action = "score"
-		case "reject":
-			if f.name == "temperror" {
-				return fmt.Errorf("temperror.action: a DNS failure must not refuse mail for good; use \"defer\" or \"score\"")
-			}
-		case "defer":
-		default:
-			return fmt.Errorf("%s.action: %q is not \"score\", \"reject\" or \"defer\"", f.name, o.Action)
-		}
-		m.outcomes[f.name] = o
+	var err error
+	if m.outcomes, err = outcome.Resolve(m, outcomeFields); err != nil {
+		return err
 	}
 	if m.MaxSignatures < 0 {
 		return fmt.Errorf("max_signatures: must not be negative")
@@ -232,28 +200,17 @@ func (m *DMARC) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message)
 	var refusal error
 	for _, o := range outs {
 		out := m.outcomes[o.name]
-		switch out.Action {
-		case "reject":
-			if refusal == nil {
-				action = "reject"
-				refusal = smtpapp.Errorf(550, [3]int{5, 7, 26}, m.refusalText(rep, o.name))
-			}
-		case "defer":
-			if refusal == nil {
-				action = "defer"
-				refusal = smtpapp.Errorf(451, [3]int{4, 7, 26}, "Temporary failure checking the message's authentication; try again later")
-			}
-		default:
-			if out.Score != 0 {
-				module := "dmarc"
-				if strings.HasPrefix(o.name, "dkim_") {
-					module = "dkim"
-				}
-				c.AddScore(module, out.Score, o.reason)
-				if action == "none" {
-					action = "score"
-				}
-			}
+		module := "dmarc"
+		if strings.HasPrefix(o.name, "dkim_") {
+			module = "dkim"
+		}
+		err := out.Apply(c, module, o.reason, smtpapp.Errorf(550, [3]int{5, 7, 26}, m.refusalText(rep, o.name)),
+			smtpapp.Errorf(451, [3]int{4, 7, 26}, "Temporary failure checking the message's authentication; try again later"))
+		switch {
+		case err != nil && refusal == nil: // the first refusal counts
+			action, refusal = out.Action, err
+		case err == nil && out.Score != 0 && action == "none":
+			action = "score"
 		}
 	}
 	for _, r := range rep.dkim {
@@ -511,7 +468,7 @@ func (r *report) results() []string {
 	for _, d := range r.dkim {
 		p := "dkim=" + d.result
 		if d.err != nil {
-			p += " (" + comment(d.err.Error()) + ")"
+			p += " (" + headertext.Comment(strings.TrimPrefix(d.err.Error(), "dkim: ")) + ")"
 		}
 		p += " header.d=" + pvalue(d.domain)
 		if d.identity != "" {
@@ -526,7 +483,7 @@ func (r *report) results() []string {
 	case r.policy != "":
 		p += " (p=" + r.policy + ")"
 	case r.reason != "" && r.dmarc == "permerror":
-		p += " (" + comment(r.reason) + ")"
+		p += " (" + headertext.Comment(r.reason) + ")"
 	}
 	if r.domain != "" {
 		p += " header.from=" + pvalue(r.domain)
@@ -549,20 +506,6 @@ func pvalue(s string) string {
 		}
 	}
 	return s
-}
-
-// comment makes text safe inside an RFC 5322 comment.
-func comment(s string) string {
-	s = strings.TrimPrefix(s, "dkim: ")
-	return strings.Map(func(r rune) rune {
-		switch {
-		case r == '(' || r == ')' || r == '\\':
-			return '_'
-		case r < 0x20 || r >= 0x7f:
-			return '?'
-		}
-		return r
-	}, s)
 }
 
 // UnmarshalCaddyfile sets up the module from Caddyfile tokens:
@@ -596,41 +539,17 @@ func (m *DMARC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			m.MaxSignatures = n
 			continue
 		case "timeout":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
+			var err error
+			if m.Timeout, err = caddyargs.Duration(d); err != nil {
+				return err
 			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil {
-				return d.Errf("timeout: %v", err)
-			}
-			m.Timeout = caddy.Duration(dur)
 			continue
 		}
-		var field **Outcome
-		for _, f := range outcomeFields {
-			if f.name == opt {
-				field = f.get(m)
-			}
-		}
-		if field == nil {
+		if ok, err := outcome.Unmarshal(d, m, outcomeFields); !ok {
 			return d.Errf("unrecognized dmarc option %q", opt)
+		} else if err != nil {
+			return err
 		}
-		args := d.RemainingArgs()
-		o := &Outcome{}
-		switch {
-		case len(args) == 1 && (args[0] == "reject" || args[0] == "defer"):
-			o.Action = args[0]
-		case len(args) == 1 || len(args) == 2 && args[0] == "score":
-			f, err := strconv.ParseFloat(args[len(args)-1], 64)
-			if err != nil {
-				return d.Errf("%s: %q is not reject, defer or a score", opt, args[len(args)-1])
-			}
-			o.Score = f
-		default:
-			return d.Errf("%s: want reject, defer or a score", opt)
-		}
-		*field = o
 	}
 	return nil
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -17,6 +16,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/outcome"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -45,20 +47,20 @@ func init() {
 type HELO struct {
 	// InvalidSyntax: the HELO name is neither a host name nor an address
 	// literal (e.g. a bare IP). Default: score 2.
-	InvalidSyntax *Outcome `json:"invalid_syntax,omitempty"`
+	InvalidSyntax *outcome.Outcome `json:"invalid_syntax,omitempty"`
 	// NotFQDN: the HELO name has one label only. Default: score 1.
-	NotFQDN *Outcome `json:"not_fqdn,omitempty"`
+	NotFQDN *outcome.Outcome `json:"not_fqdn,omitempty"`
 	// Forged: the HELO name claims to be this server. Default: reject
 	// (550 5.7.1).
-	Forged *Outcome `json:"forged,omitempty"`
+	Forged *outcome.Outcome `json:"forged,omitempty"`
 	// NoRDNS: the client address has no PTR record. Default: score 1.5.
-	NoRDNS *Outcome `json:"no_rdns,omitempty"`
+	NoRDNS *outcome.Outcome `json:"no_rdns,omitempty"`
 	// RDNSMismatch: no PTR name of the client resolves back to its
 	// address. Default: score 1.
-	RDNSMismatch *Outcome `json:"rdns_mismatch,omitempty"`
+	RDNSMismatch *outcome.Outcome `json:"rdns_mismatch,omitempty"`
 	// UnknownSenderDomain: the MAIL FROM domain has no MX and no address
 	// record, or a null MX. Default: score 2.
-	UnknownSenderDomain *Outcome `json:"unknown_sender_domain,omitempty"`
+	UnknownSenderDomain *outcome.Outcome `json:"unknown_sender_domain,omitempty"`
 
 	// OwnNames are more names of this server, besides its hostname and the
 	// app's local domains, that no client may use as HELO.
@@ -71,33 +73,21 @@ type HELO struct {
 	// Timeout for the DNS lookups of each check. Default: 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
-	outcomes map[string]Outcome
+	outcomes map[string]outcome.Outcome
 	ownNames map[string]bool
 	ownAddrs []netip.Prefix
 	app      *smtpapp.App
 	connKey  string
 }
 
-// Outcome is what a failed check leads to.
-type Outcome struct {
-	// Action: "score" (default) adds Score to the spam score; "reject"
-	// refuses each RCPT of the transaction (550).
-	Action string `json:"action,omitempty"`
-	// Score is the points added.
-	Score float64 `json:"score,omitempty"`
-}
-
-var checks = []struct {
-	name string
-	def  Outcome
-	get  func(*HELO) **Outcome
-}{
-	{"invalid_syntax", Outcome{Score: 2}, func(h *HELO) **Outcome { return &h.InvalidSyntax }},
-	{"not_fqdn", Outcome{Score: 1}, func(h *HELO) **Outcome { return &h.NotFQDN }},
-	{"forged", Outcome{Action: "reject"}, func(h *HELO) **Outcome { return &h.Forged }},
-	{"no_rdns", Outcome{Score: 1.5}, func(h *HELO) **Outcome { return &h.NoRDNS }},
-	{"rdns_mismatch", Outcome{Score: 1}, func(h *HELO) **Outcome { return &h.RDNSMismatch }},
-	{"unknown_sender_domain", Outcome{Score: 2}, func(h *HELO) **Outcome { return &h.UnknownSenderDomain }},
+// checks are the outcome settings, one a check; none allows "defer".
+var checks = []outcome.Setting[HELO]{
+	{Name: "invalid_syntax", Default: outcome.Outcome{Score: 2}, Field: func(h *HELO) **outcome.Outcome { return &h.InvalidSyntax }, Actions: outcome.NoDefer},
+	{Name: "not_fqdn", Default: outcome.Outcome{Score: 1}, Field: func(h *HELO) **outcome.Outcome { return &h.NotFQDN }, Actions: outcome.NoDefer},
+	{Name: "forged", Default: outcome.Outcome{Action: outcome.Reject}, Field: func(h *HELO) **outcome.Outcome { return &h.Forged }, Actions: outcome.NoDefer},
+	{Name: "no_rdns", Default: outcome.Outcome{Score: 1.5}, Field: func(h *HELO) **outcome.Outcome { return &h.NoRDNS }, Actions: outcome.NoDefer},
+	{Name: "rdns_mismatch", Default: outcome.Outcome{Score: 1}, Field: func(h *HELO) **outcome.Outcome { return &h.RDNSMismatch }, Actions: outcome.NoDefer},
+	{Name: "unknown_sender_domain", Default: outcome.Outcome{Score: 2}, Field: func(h *HELO) **outcome.Outcome { return &h.UnknownSenderDomain }, Actions: outcome.NoDefer},
 }
 
 var metricChecks = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -116,28 +106,12 @@ func (h *HELO) Provision(ctx caddy.Context) error {
 	if h.app == nil {
 		return fmt.Errorf("the helo handler works only in the smtp app")
 	}
-	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		if err := reg.Register(metricChecks); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return fmt.Errorf("registering metrics: %v", err)
-			}
-		}
+	if err := promreg.Register(ctx.GetMetricsRegistry(), metricChecks); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
 	}
-	h.outcomes = map[string]Outcome{}
-	for _, ck := range checks {
-		o := ck.def
-		if p := *ck.get(h); p != nil {
-			o = *p
-		}
-		switch o.Action {
-		case "", "score":
-			o.Action = "score"
-		case "reject":
-		default:
-			return fmt.Errorf("%s.action: %q is not \"score\" or \"reject\"", ck.name, o.Action)
-		}
-		h.outcomes[ck.name] = o
+	var err error
+	if h.outcomes, err = outcome.Resolve(h, checks); err != nil {
+		return err
 	}
 	h.ownNames = map[string]bool{}
 	for i, n := range h.OwnNames {
@@ -147,7 +121,6 @@ func (h *HELO) Provision(ctx caddy.Context) error {
 		}
 		h.ownNames[n] = true
 	}
-	var err error
 	if h.ownAddrs, err = smtpapp.ParsePrefixes("own_addresses", h.OwnAddresses); err != nil {
 		return err
 	}
@@ -271,15 +244,9 @@ func (h *HELO) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
 
 	var refusal error
 	for _, f := range fails {
-		o := h.outcomes[f.check]
-		if o.Action == "reject" {
-			if refusal == nil {
-				refusal = f.reply
-			}
-			continue
-		}
-		if o.Score != 0 {
-			c.AddScore("helo", o.Score, f.reason)
+		// A refusal waits for RCPT; the first one counts.
+		if err := h.outcomes[f.check].Apply(c, "helo", f.reason, f.reply, nil); err != nil && refusal == nil {
+			refusal = err
 		}
 	}
 	st.mu.Lock()
@@ -519,41 +486,17 @@ func (h *HELO) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			continue
 		case "timeout":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
+			var err error
+			if h.Timeout, err = caddyargs.Duration(d); err != nil {
+				return err
 			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil {
-				return d.Errf("timeout: %v", err)
-			}
-			h.Timeout = caddy.Duration(dur)
 			continue
 		}
-		var field **Outcome
-		for _, ck := range checks {
-			if ck.name == opt {
-				field = ck.get(h)
-			}
-		}
-		if field == nil {
+		if ok, err := outcome.Unmarshal(d, h, checks); !ok {
 			return d.Errf("unrecognized helo option %q", opt)
+		} else if err != nil {
+			return err
 		}
-		args := d.RemainingArgs()
-		o := &Outcome{}
-		switch {
-		case len(args) == 1 && args[0] == "reject":
-			o.Action = "reject"
-		case len(args) == 1 || len(args) == 2 && args[0] == "score":
-			f, err := strconv.ParseFloat(args[len(args)-1], 64)
-			if err != nil {
-				return d.Errf("%s: %q is not reject or a score", opt, args[len(args)-1])
-			}
-			o.Score = f
-		default:
-			return d.Errf("%s: want reject or a score", opt)
-		}
-		*field = o
 	}
 	return nil
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/limitstore"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
@@ -484,13 +485,9 @@ func (h *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			*map[string]**Rate{limConnections: &h.Connections, limMessages: &h.Messages, limRecipients: &h.Recipients,
 				limBytes: &h.Bytes, limAuthFailures: &h.AuthFailures, limAccountAuthFailures: &h.AccountAuthFailures}[opt] = r
 		case limConcurrent, "ipv4_prefix", "ipv6_prefix":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
-			}
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 {
-				return d.Errf("%s: %q is not a positive number", opt, v)
+			n, err := caddyargs.Int(d)
+			if err != nil {
+				return err
 			}
 			*map[string]*int{limConcurrent: &h.Concurrent, "ipv4_prefix": &h.IPv4Prefix, "ipv6_prefix": &h.IPv6Prefix}[opt] = n
 		case "exempt":

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strconv"
 	"strings"
 	"time"
 
@@ -24,6 +23,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/headertext"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/outcome"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -42,21 +45,21 @@ const ConnKey = "spf"
 // checked.
 type SPF struct {
 	// Pass: the client is authorized. Default: score 0.
-	Pass *Outcome `json:"pass,omitempty"`
+	Pass *outcome.Outcome `json:"pass,omitempty"`
 	// Fail: the domain says the client is not authorized. Default: score 3.
-	Fail *Outcome `json:"fail,omitempty"`
+	Fail *outcome.Outcome `json:"fail,omitempty"`
 	// SoftFail: probably not authorized. Default: score 1.5.
-	SoftFail *Outcome `json:"softfail,omitempty"`
+	SoftFail *outcome.Outcome `json:"softfail,omitempty"`
 	// Neutral: the domain makes no assertion. Default: score 0.
-	Neutral *Outcome `json:"neutral,omitempty"`
+	Neutral *outcome.Outcome `json:"neutral,omitempty"`
 	// None: the domain publishes no SPF record (or there is no domain to
 	// check). Default: score 0.5.
-	None *Outcome `json:"none,omitempty"`
+	None *outcome.Outcome `json:"none,omitempty"`
 	// TempError: a DNS failure; "reject" is not allowed (use "defer").
 	// Default: score 0.
-	TempError *Outcome `json:"temperror,omitempty"`
+	TempError *outcome.Outcome `json:"temperror,omitempty"`
 	// PermError: the domain's record is broken. Default: score 1.
-	PermError *Outcome `json:"permerror,omitempty"`
+	PermError *outcome.Outcome `json:"permerror,omitempty"`
 
 	// Timeout for the whole evaluation (all its DNS queries). Default: 20s
 	// (RFC 7208 4.6.4).
@@ -65,33 +68,19 @@ type SPF struct {
 	// DisableHeader stops adding the Received-SPF header field.
 	DisableHeader bool `json:"disable_header,omitempty"`
 
-	outcomes map[spf.Result]Outcome
+	outcomes map[string]outcome.Outcome // by result
 	resolver smtpapp.NetResolver
 }
 
-// Outcome is what an SPF result leads to.
-type Outcome struct {
-	// Action: "score" (default) adds Score to the spam score; "reject"
-	// refuses MAIL FROM with 550 5.7.23; "defer" refuses it with 451 4.7.24
-	// so the client tries again later.
-	Action string `json:"action,omitempty"`
-	// Score is the points added (negative for a good sign).
-	Score float64 `json:"score,omitempty"`
-}
-
-var results = []struct {
-	res  spf.Result
-	def  Outcome
-	get  func(*SPF) **Outcome
-	name string
-}{
-	{spf.Pass, Outcome{}, func(s *SPF) **Outcome { return &s.Pass }, "pass"},
-	{spf.Fail, Outcome{Score: 3}, func(s *SPF) **Outcome { return &s.Fail }, "fail"},
-	{spf.SoftFail, Outcome{Score: 1.5}, func(s *SPF) **Outcome { return &s.SoftFail }, "softfail"},
-	{spf.Neutral, Outcome{}, func(s *SPF) **Outcome { return &s.Neutral }, "neutral"},
-	{spf.None, Outcome{Score: 0.5}, func(s *SPF) **Outcome { return &s.None }, "none"},
-	{spf.TempError, Outcome{}, func(s *SPF) **Outcome { return &s.TempError }, "temperror"},
-	{spf.PermError, Outcome{Score: 1}, func(s *SPF) **Outcome { return &s.PermError }, "permerror"},
+// results are the outcome settings, one a result, named as the results.
+var results = []outcome.Setting[SPF]{
+	{Name: "pass", Field: func(s *SPF) **outcome.Outcome { return &s.Pass }, Actions: outcome.All},
+	{Name: "fail", Default: outcome.Outcome{Score: 3}, Field: func(s *SPF) **outcome.Outcome { return &s.Fail }, Actions: outcome.All},
+	{Name: "softfail", Default: outcome.Outcome{Score: 1.5}, Field: func(s *SPF) **outcome.Outcome { return &s.SoftFail }, Actions: outcome.All},
+	{Name: "neutral", Field: func(s *SPF) **outcome.Outcome { return &s.Neutral }, Actions: outcome.All},
+	{Name: "none", Default: outcome.Outcome{Score: 0.5}, Field: func(s *SPF) **outcome.Outcome { return &s.None }, Actions: outcome.All},
+	{Name: "temperror", Field: func(s *SPF) **outcome.Outcome { return &s.TempError }, Actions: outcome.TempError},
+	{Name: "permerror", Default: outcome.Outcome{Score: 1}, Field: func(s *SPF) **outcome.Outcome { return &s.PermError }, Actions: outcome.All},
 }
 
 var metricResults = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -110,33 +99,13 @@ func (s *SPF) Provision(ctx caddy.Context) error {
 	if app == nil {
 		return fmt.Errorf("the spf handler works only in the smtp app")
 	}
-	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		if err := reg.Register(metricResults); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return fmt.Errorf("registering metrics: %v", err)
-			}
-		}
+	if err := promreg.Register(ctx.GetMetricsRegistry(), metricResults); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
 	}
 	s.resolver = smtpapp.NetResolver{R: app.DNS()}
-	s.outcomes = map[spf.Result]Outcome{}
-	for _, r := range results {
-		o := r.def
-		if p := *r.get(s); p != nil {
-			o = *p
-		}
-		switch o.Action {
-		case "", "score":
-			o.Action = "score"
-		case "reject":
-			if r.res == spf.TempError {
-				return fmt.Errorf("temperror.action: a DNS failure must not refuse mail for good; use \"defer\" or \"score\"")
-			}
-		case "defer":
-		default:
-			return fmt.Errorf("%s.action: %q is not \"score\", \"reject\" or \"defer\"", r.name, o.Action)
-		}
-		s.outcomes[r.res] = o
+	var err error
+	if s.outcomes, err = outcome.Resolve(s, results); err != nil {
+		return err
 	}
 	if s.Timeout < 0 {
 		return fmt.Errorf("timeout: must not be negative")
@@ -165,7 +134,7 @@ func (s *SPF) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
 	}
 	ck := s.check(ctx, c, from)
 	c.Set(ConnKey, map[string]string{"result": string(ck.result), "domain": ck.domain, "identity": ck.identity, "from": from})
-	o := s.outcomes[ck.result]
+	o := s.outcomes[string(ck.result)]
 	fields := []zap.Field{zap.String("module", "smtp.handlers.spf"), zap.String("result", string(ck.result)),
 		zap.String("identity", ck.identity), zap.String("domain", ck.domain), zap.String("action", o.Action)}
 	if ck.err != nil {
@@ -173,16 +142,9 @@ func (s *SPF) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
 	}
 	c.Logger().Info("SPF", fields...)
 	metricResults.WithLabelValues(string(ck.result), o.Action).Inc()
-	switch o.Action {
-	case "reject":
-		return smtpapp.Errorf(550, [3]int{5, 7, 23}, fmt.Sprintf("SPF %s: %s", ck.result, ck.explain()))
-	case "defer":
-		return smtpapp.Errorf(451, [3]int{4, 7, 24}, fmt.Sprintf("SPF %s: %s; try again later", ck.result, ck.explain()))
-	}
-	if o.Score != 0 {
-		c.AddScore("spf", o.Score, fmt.Sprintf("SPF %s for %s %s", ck.result, ck.identity, ck.domain))
-	}
-	return nil
+	return o.Apply(c, "spf", fmt.Sprintf("SPF %s for %s %s", ck.result, ck.identity, ck.domain),
+		smtpapp.Errorf(550, [3]int{5, 7, 23}, fmt.Sprintf("SPF %s: %s", ck.result, ck.explain())),
+		smtpapp.Errorf(451, [3]int{4, 7, 24}, fmt.Sprintf("SPF %s: %s; try again later", ck.result, ck.explain())))
 }
 
 func (s *SPF) check(ctx context.Context, c *smtpapp.Conn, from string) check {
@@ -256,7 +218,7 @@ func (s *SPF) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message) e
 func receivedSPF(ck check, receiver string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s (%s: %s)\r\n\tclient-ip=%s; envelope-from=%s; helo=%s;\r\n\treceiver=%s; identity=%s;",
-		ck.result, receiver, commentSafe(ck.explain()), ck.ip, kvValue(ck.from), kvValue(ck.helo), kvValue(receiver), ck.identity)
+		ck.result, receiver, headertext.Comment(ck.explain()), ck.ip, kvValue(ck.from), kvValue(ck.helo), kvValue(receiver), ck.identity)
 	return b.String()
 }
 
@@ -288,19 +250,6 @@ func kvValue(s string) string {
 	return b.String()
 }
 
-// commentSafe keeps a text from closing or nesting an RFC 5322 comment.
-func commentSafe(s string) string {
-	return strings.Map(func(r rune) rune {
-		switch {
-		case r == '(' || r == ')' || r == '\\':
-			return '_'
-		case r < 0x20 || r >= 0x7f:
-			return '?'
-		}
-		return r
-	}, s)
-}
-
 // UnmarshalCaddyfile sets up the module from Caddyfile tokens:
 //
 //	spf {
@@ -317,15 +266,10 @@ func (s *SPF) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		opt := d.Val()
 		switch opt {
 		case "timeout":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
+			var err error
+			if s.Timeout, err = caddyargs.Duration(d); err != nil {
+				return err
 			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil {
-				return d.Errf("timeout: %v", err)
-			}
-			s.Timeout = caddy.Duration(dur)
 			continue
 		case "header":
 			var v string
@@ -335,42 +279,13 @@ func (s *SPF) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			s.DisableHeader = v == "off"
 			continue
 		}
-		var field **Outcome
-		for _, r := range results {
-			if r.name == opt {
-				field = r.get(s)
-			}
-		}
-		if field == nil {
+		if ok, err := outcome.Unmarshal(d, s, results); !ok {
 			return d.Errf("unrecognized spf option %q", opt)
-		}
-		o, err := parseOutcome(d)
-		if err != nil {
+		} else if err != nil {
 			return err
 		}
-		*field = o
 	}
 	return nil
-}
-
-// parseOutcome parses `reject`, `defer`, `<score>` or `score <score>`.
-func parseOutcome(d *caddyfile.Dispenser) (*Outcome, error) {
-	opt := d.Val()
-	args := d.RemainingArgs()
-	o := &Outcome{}
-	switch {
-	case len(args) == 1 && (args[0] == "reject" || args[0] == "defer"):
-		o.Action = args[0]
-	case len(args) == 1 || len(args) == 2 && args[0] == "score":
-		f, err := strconv.ParseFloat(args[len(args)-1], 64)
-		if err != nil {
-			return nil, d.Errf("%s: %q is not reject, defer or a score", opt, args[len(args)-1])
-		}
-		o.Score = f
-	default:
-		return nil, d.Errf("%s: want reject, defer or a score", opt)
-	}
-	return o, nil
 }
 
 // Interface guards

@@ -13,7 +13,6 @@ package tarpit
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -23,6 +22,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -103,15 +104,8 @@ func (h *Tarpit) Provision(ctx caddy.Context) error {
 	if h.exempt, err = smtpapp.ParsePrefixes("exempt", h.Exempt); err != nil {
 		return err
 	}
-	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		for _, c := range []prometheus.Collector{waiting, earlyTalkers, delayed} {
-			if err := reg.Register(c); err != nil {
-				var are prometheus.AlreadyRegisteredError
-				if !errors.As(err, &are) {
-					return fmt.Errorf("registering metrics: %v", err)
-				}
-			}
-		}
+	if err := promreg.Register(ctx.GetMetricsRegistry(), waiting, earlyTalkers, delayed); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
 	}
 	return nil
 }
@@ -252,15 +246,11 @@ func (h *Tarpit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		opt := d.Val()
 		switch opt {
 		case "greeting_delay", "error_delay", "max_delay":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(v)
+			dur, err := caddyargs.Duration(d)
 			if err != nil {
-				return d.Errf("%s: %v", opt, err)
+				return err
 			}
-			*map[string]*caddy.Duration{"greeting_delay": &h.GreetingDelay, "error_delay": &h.ErrorDelay, "max_delay": &h.MaxDelay}[opt] = caddy.Duration(dur)
+			*map[string]*caddy.Duration{"greeting_delay": &h.GreetingDelay, "error_delay": &h.ErrorDelay, "max_delay": &h.MaxDelay}[opt] = dur
 		case "score":
 			var thr, v string
 			if !d.Args(&thr, &v) {
