@@ -71,6 +71,10 @@ type DMARC struct {
 	// TempError: a DNS failure looking up the DMARC record; "reject" is
 	// not allowed (use "defer"). Default: score 0.
 	TempError *outcome.Outcome `json:"temperror,omitempty"`
+	// PermError: the From: field is missing or cannot be parsed, so no
+	// DMARC policy can be applied (a way to dodge it). Default: score 5
+	// (the default tag_score: the message goes to Junk).
+	PermError *outcome.Outcome `json:"permerror,omitempty"`
 
 	// IgnorePercent applies the policy to every failing message, ignoring
 	// the record's pct= sampling.
@@ -97,6 +101,7 @@ var outcomeFields = []outcome.Setting[DMARC]{
 	{Name: "fail_quarantine", Default: outcome.Outcome{Score: 5}, Field: func(d *DMARC) **outcome.Outcome { return &d.FailQuarantine }, Actions: outcome.All},
 	{Name: "fail_reject", Default: outcome.Outcome{Action: outcome.Reject}, Field: func(d *DMARC) **outcome.Outcome { return &d.FailReject }, Actions: outcome.All},
 	{Name: "temperror", Field: func(d *DMARC) **outcome.Outcome { return &d.TempError }, Actions: outcome.TempError},
+	{Name: "permerror", Default: outcome.Outcome{Score: 5}, Field: func(d *DMARC) **outcome.Outcome { return &d.PermError }, Actions: outcome.All},
 }
 
 var (
@@ -195,6 +200,8 @@ func (m *DMARC) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message)
 		add("fail_"+rep.applied, fmt.Sprintf("DMARC fail for %s, policy %s", rep.domain, rep.applied))
 	case "temperror":
 		add("temperror", "DMARC temperror for "+rep.domain)
+	case "permerror":
+		add("permerror", "DMARC permerror: "+rep.reason)
 	}
 	action := "none"
 	var refusal error
@@ -380,7 +387,15 @@ func fromDomains(body io.Reader) (domains []string, problem string) {
 		return nil, "unreadable header: " + err.Error()
 	}
 	var out []string
-	for _, v := range msg.Header["From"] {
+	var values []string
+	for k, v := range msg.Header {
+		// "From :" (obsolete syntax, RFC 5322 4.5) is a From field too,
+		// and mail clients show it: it must not dodge the policy.
+		if strings.EqualFold(strings.TrimRight(k, " \t"), "From") {
+			values = append(values, v...)
+		}
+	}
+	for _, v := range values {
 		addrs, err := mail.ParseAddressList(v)
 		if err != nil {
 			return nil, "unparsable From: " + err.Error()

@@ -341,3 +341,20 @@ func TestDMARCUnmarshalCaddyfile(t *testing.T) {
 		}
 	}
 }
+
+// TestFromSpoofingTricks: "From :" is a From field, so a p=reject policy
+// applies to it; an unparsable From gets the permerror outcome (Junk).
+func TestFromSpoofingTricks(t *testing.T) {
+	s := world(t)
+	s.start(t, map[string]any{"handler": "dmarc"})
+	spaced := strings.Replace(message("a@signed.test"), "From: ", "From : ", 1)
+	if r := s.send(t, "127.0.0.3", "bounce@nospf.test", spaced); r.Code != 550 || !strings.HasPrefix(r.Text(), "5.7.26") {
+		t.Fatalf(`unauthenticated "From :" of a p=reject domain: want 550 5.7.26, got %s`, r)
+	}
+	broken := strings.Replace(message("a@signed.test"), "From: Someone <a@signed.test>", "From: <a@signed.test", 1)
+	if r := s.send(t, "127.0.0.3", "bounce@nospf.test", broken); r.Code != 250 {
+		t.Fatalf("unparsable From: %s", r)
+	}
+	got := s.take(t, "alice/.Junk")
+	want(t, got, "dmarc=permerror", "X-Spam-Status: Yes")
+}
