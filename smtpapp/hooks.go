@@ -124,6 +124,17 @@ type DeliveryTarget interface {
 	Deliver(ctx context.Context, env *Envelope, msg *Message) error
 }
 
+// Stager is an optional DeliveryTarget extension that splits Deliver in
+// two: Stage does the durable work (written and synced, not yet visible),
+// commit only makes the message visible (cheap, hardly ever fails), abort
+// drops it. For a message with local and remote recipients the server
+// stages the local copies, hands the remote recipients to the outbound
+// target, then commits: if the outbound target fails, no local copy is
+// left to be delivered twice when the client retries.
+type Stager interface {
+	Stage(ctx context.Context, env *Envelope, msg *Message) (commit func() error, abort func(), err error)
+}
+
 // Starter is an optional interface of delivery targets (and accounts
 // providers): Start is called when the app starts, after its listeners are
 // bound, for work that must not run in a config that is only validated

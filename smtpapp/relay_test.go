@@ -2,6 +2,8 @@ package smtpapp_test
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,18 +19,19 @@ type relaySetup struct {
 	*submissionSetup
 	remote  *testenv.MX
 	trusted string // a server that trusts 127.0.0.1/32
+	queue   string // the queue's spool folder
 }
 
 func startRelay(t *testing.T) *relaySetup {
 	dns := testenv.StartDNS(t)
 	mxs, port := testenv.StartMXs(t, []string{"127.0.0.2"}, testenv.MXOptions{Host: "mx.example.org"})
 	dns.Add(t, "example.org. 60 IN MX 10 mx.example.org.", "mx.example.org. 60 IN A 127.0.0.2")
-	r := &relaySetup{remote: mxs[0]}
+	r := &relaySetup{remote: mxs[0], queue: t.TempDir()}
 	r.trusted = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	r.submissionSetup = startSubmission(t, func(app map[string]any) {
 		app["resolver"] = map[string]any{"servers": []string{dns.Addr}}
 		app["outbound"] = map[string]any{
-			"target": "queue", "path": t.TempDir(), "remote_port": port,
+			"target": "queue", "path": r.queue, "remote_port": port,
 			"dkim":  map[string]any{"disable": true},
 			"retry": map[string]any{"initial": "100ms", "max": "200ms"},
 		}
@@ -111,5 +114,30 @@ func TestTrustedNetworkRelay(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if n := len(r.remote.Messages()); n != 1 {
 		t.Fatalf("remote MX got %d messages, want only the trusted one", n)
+	}
+}
+
+// TestOutboundFailureLeavesNoLocalCopy: when the queue cannot take a
+// message for its remote recipients, its local recipients do not get it
+// either (the client is told 451 and will retry: no duplicates).
+func TestOutboundFailureLeavesNoLocalCopy(t *testing.T) {
+	r := startRelay(t)
+	// Break the spool: its tmp folder becomes a file.
+	if err := os.RemoveAll(filepath.Join(r.queue, "tmp")); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(r.queue, "tmp"), []byte("in the way"), 0o600)
+	c := r.login(t, r.sub)
+	c.Expect("AUTH PLAIN "+plain("", "alice@example.test", "demo-alice"), 235)
+	c.Expect("MAIL FROM:<alice@example.test>", 250)
+	c.Expect("RCPT TO:<bob@example.test>", 250)
+	c.Expect("RCPT TO:<someone@example.org>", 250)
+	c.Expect("DATA", 354)
+	c.Send("Subject: both\r\n\r\nhello\r\n.\r\n")
+	if resp := c.Read(); resp.Code != 451 {
+		t.Fatalf("outbound failing: want 451, got %s", resp)
+	}
+	if n := len(testenv.Maildir(t, r.env.Path("maildir"), "example.test", "bob")); n != 0 {
+		t.Fatalf("bob got %d copies of a message the client was told to retry", n)
 	}
 }

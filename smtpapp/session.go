@@ -539,7 +539,9 @@ func (ss *session) received(env *Envelope) string {
 }
 
 // deliver hands local recipients to the local target and remote ones to
-// the outbound target; both must have stored the message.
+// the outbound target; both must have stored the message. With a Stager
+// as local target, the local copies become visible only once the outbound
+// target has the message.
 func (ss *session) deliver(env *Envelope, msg *Message) error {
 	var local, remote []Recipient
 	for _, r := range env.Recipients {
@@ -551,10 +553,19 @@ func (ss *session) deliver(env *Envelope, msg *Message) error {
 	}
 	app := ss.srv.app
 	ctx := context.WithoutCancel(ss.c.ctx)
+	commit := func() error { return nil }
 	if len(local) > 0 {
 		e := *env
 		e.Recipients = local
-		if err := app.localDelivery.Deliver(ctx, &e, msg); err != nil {
+		stager, ok := app.localDelivery.(Stager)
+		if ok && len(remote) > 0 {
+			c, abort, err := stager.Stage(ctx, &e, msg)
+			if err != nil {
+				return fmt.Errorf("local delivery: %w", err)
+			}
+			defer abort()
+			commit = c
+		} else if err := app.localDelivery.Deliver(ctx, &e, msg); err != nil {
 			return fmt.Errorf("local delivery: %w", err)
 		}
 	}
@@ -565,6 +576,9 @@ func (ss *session) deliver(env *Envelope, msg *Message) error {
 		if err := app.outbound.Deliver(ctx, &e, msg); err != nil {
 			return fmt.Errorf("outbound: %w", err)
 		}
+	}
+	if err := commit(); err != nil {
+		return fmt.Errorf("local delivery: %w", err)
 	}
 	return nil
 }

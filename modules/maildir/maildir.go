@@ -97,12 +97,22 @@ func (m *Maildir) Path(mailbox string, junk bool) (string, error) {
 // Deliver stores msg once per distinct mailbox among the recipients: every
 // copy is written and synced first, then all are made visible in new/.
 func (m *Maildir) Deliver(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp.Message) error {
+	commit, _, err := m.Stage(ctx, env, msg)
+	if err != nil {
+		return err
+	}
+	return commit()
+}
+
+// Stage writes and syncs every copy, not yet visible; commit links them
+// into new/ and syncs the folders, abort drops them.
+func (m *Maildir) Stage(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp.Message) (commit func() error, abort func(), err error) {
 	var staged []*stagedFile
-	defer func() {
+	abort = func() {
 		for _, sf := range staged {
 			sf.abort()
 		}
-	}()
+	}
 	seen := map[string]bool{}
 	for _, r := range env.Recipients {
 		if !r.Local() || seen[r.Mailbox] {
@@ -111,28 +121,34 @@ func (m *Maildir) Deliver(ctx context.Context, env *smtpapp.Envelope, msg *smtpa
 		seen[r.Mailbox] = true
 		dir, err := m.Path(r.Mailbox, env.Junk)
 		if err != nil {
-			return err
+			abort()
+			return nil, nil, err
 		}
 		sf, err := m.stage(dir, env, r, msg)
 		if err != nil {
-			return err
+			abort()
+			return nil, nil, err
 		}
 		staged = append(staged, sf)
 	}
-	for i, sf := range staged {
-		if err := sf.commit(); err != nil {
-			for _, done := range staged[:i] {
-				os.Remove(done.dst)
+	commit = func() error {
+		defer abort() // closes what is left
+		for i, sf := range staged {
+			if err := sf.commit(); err != nil {
+				for _, done := range staged[:i] {
+					os.Remove(done.dst)
+				}
+				return err
 			}
-			return err
 		}
-	}
-	for _, sf := range staged {
-		if err := syncDir(filepath.Dir(sf.dst)); err != nil {
-			return err
+		for _, sf := range staged {
+			if err := syncDir(filepath.Dir(sf.dst)); err != nil {
+				return err
+			}
 		}
+		return nil
 	}
-	return nil
+	return commit, abort, nil
 }
 
 // stagedFile is a synced copy not yet visible in new/: an unnamed file
