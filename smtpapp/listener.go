@@ -229,6 +229,7 @@ type netConn struct {
 	deadline    time.Time
 	closing     atomic.Bool
 	bareEOL     atomic.Bool
+	inData      atomic.Bool // a message body is being read
 
 	// Stream inspection, only while the stream is plaintext.
 	inspect     bool
@@ -272,13 +273,10 @@ func (n *netConn) scan(b []byte) {
 			n.inspect = false
 			return
 		}
-		if n.prevCR && ch != '\n' {
-			n.bareEOL.Store(true)
+		if n.prevCR && ch != '\n' || ch == '\n' && !n.prevCR {
+			n.flagBareEOL()
 		}
 		if ch == '\n' {
-			if !n.prevCR {
-				n.bareEOL.Store(true)
-			}
 			if n.startTLS && n.lineLen >= 8 && isSTARTTLS(n.line[:]) {
 				n.sawSTARTTLS = true
 			}
@@ -290,6 +288,17 @@ func (n *netConn) scan(b []byte) {
 			n.lineLen++
 		}
 		n.prevCR = ch == '\r'
+	}
+}
+
+// flagBareEOL marks the stream. Outside a message body, where the session
+// refuses the message itself, the connection ends after what was already
+// read is answered: a command line that go-smtp accepts anyway (NOOP,
+// RSET) does not keep it open.
+func (n *netConn) flagBareEOL() {
+	n.bareEOL.Store(true)
+	if !n.inData.Load() {
+		n.closing.Store(true)
 	}
 }
 

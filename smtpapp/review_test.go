@@ -144,3 +144,16 @@ func TestBodySTARTTLSLineKeepsInspection(t *testing.T) {
 		t.Fatalf("bare LF after a STARTTLS body line: %s", r)
 	}
 }
+
+// TestBareLFNoopCloses: a command go-smtp accepts whatever its line end
+// still ends the connection when it ends with a bare LF.
+func TestBareLFNoopCloses(t *testing.T) {
+	_, addr := startMX(t)
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Send("NOOP\n")
+	c.Read()
+	if !c.Closed() {
+		t.Fatal("connection open after a bare LF")
+	}
+}

@@ -356,7 +356,9 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	c, srv := ss.c, ss.srv
 	ss.messages.Add(1)
+	c.net.inData.Store(true)
 	msg, err := readMessage(r, memLimit, srv.app.SpoolDir)
+	c.net.inData.Store(false)
 	if err != nil {
 		return ss.dataError(err)
 	}
