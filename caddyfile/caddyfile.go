@@ -24,6 +24,7 @@ func init() {
 //
 //	smtp {
 //		local_domains <domain>...
+//		postmaster <address>
 //		accounts <module> ...
 //		local_delivery <module> ...
 //		outbound <module> ...
@@ -87,6 +88,10 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				}
 			}
 			app.Resolver = rc
+		case "postmaster":
+			if !d.Args(&app.Postmaster) {
+				return nil, d.ArgErr()
+			}
 		case "grace_period":
 			dur, err := parseDuration(d)
 			if err != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -30,6 +31,11 @@ type App struct {
 	// in local mailboxes. Mail for any other domain is relayed, and only
 	// for authenticated users or trusted networks.
 	LocalDomains []string `json:"local_domains,omitempty"`
+
+	// Postmaster is the account that gets mail for postmaster@ of every
+	// local domain where no account or alias of that name exists (RFC 5321
+	// 4.5.1 requires the address). Example: "alice@example.com".
+	Postmaster string `json:"postmaster,omitempty"`
 
 	// Accounts is the accounts provider (namespace smtp.auth): logins for
 	// AUTH and the mailboxes that exist.
@@ -85,6 +91,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("local_domains[%d]: invalid domain %q", i, a.LocalDomains[i])
 		}
 		a.localDomains[d] = true
+	}
+	if a.Postmaster != "" {
+		pm, err := ParseAddress(a.Postmaster)
+		if err != nil || !a.localDomains[pm.Domain] {
+			return fmt.Errorf("postmaster: %q is not an address on a local domain", a.Postmaster)
+		}
 	}
 	var err error
 	if a.resolver, err = a.Resolver.build(); err != nil {
@@ -226,6 +238,9 @@ func (a *App) LookupMailbox(ctx context.Context, addr Address) (string, error) {
 		if base := StripSubaddress(addr.Local); base != addr.Local {
 			mb, err = a.accounts.Lookup(ctx, lowerASCII(base)+"@"+addr.Domain)
 		}
+	}
+	if err == ErrNoSuchUser && a.Postmaster != "" && strings.EqualFold(StripSubaddress(addr.Local), "postmaster") {
+		return a.accounts.Lookup(ctx, lowerASCII(a.Postmaster))
 	}
 	return mb, err
 }

@@ -573,3 +573,22 @@ func TestMailLoopRefused(t *testing.T) {
 		t.Fatalf("want only the 3-hop message stored, got %d", n)
 	}
 }
+
+func TestPostmaster(t *testing.T) {
+	env, addr := startMX(t, func(app, srv map[string]any) {
+		app["local_domains"] = []string{"example.test", "example.net"}
+		app["postmaster"] = "bob@example.test"
+	})
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<postmaster@example.test>", 250) // alice's alias wins
+	c.Expect("RCPT TO:<PostMaster@example.net>", 250)  // no alias there: bob
+	c.Expect("RCPT TO:<nobody@example.net>", 550)
+	c.Expect("DATA", 354)
+	c.Send("Subject: x\r\n\r\nx\r\n.\r\n")
+	c.Read()
+	if len(aliceMail(t, env)) != 1 || len(testenv.Maildir(t, env.Path("maildir"), "example.test", "bob")) != 1 {
+		t.Fatal("postmaster mail not routed to alice (alias) and bob (postmaster account)")
+	}
+}
