@@ -69,9 +69,7 @@ func TestQuickStartExample(t *testing.T) {
 	s.StartTLS(tlsConfig)
 	s.Expect("EHLO client.example.org", 250)
 	s.Expect(login, 235)
-	s.Expect("MAIL FROM:<alice@example.test>", 250)
-	s.Expect("RCPT TO:<bob@example.test>", 250)
-	s.Expect("DATA", 354)
+	s.StartMessage("alice@example.test", "bob@example.test")
 	s.Send("Subject: from alice\r\n\r\nhi bob\r\n.\r\n")
 	if r := s.Read(); r.Code != 250 {
 		t.Fatalf("submission DATA: %s", r)

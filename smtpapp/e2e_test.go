@@ -65,9 +65,7 @@ func TestDeliverToMaildir(t *testing.T) {
 		t.Fatalf("greeting: %s", greet)
 	}
 	c.Expect("EHLO client.example.org", 250)
-	c.Expect("MAIL FROM:<sender@example.org>", 250)
-	c.Expect("RCPT TO:<alice@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("sender@example.org", "alice@example.test")
 	body := "From: sender@example.org\r\nTo: alice@example.test\r\nSubject: hello\r\n\r\nline one\r\n..leading dot\r\n\r\nlast line\r\n"
 	wantStored := strings.Replace(body, "\r\n..leading", "\r\n.leading", 1)
 	c.Send(body + ".\r\n")
@@ -141,9 +139,7 @@ func TestOversizeMessage(t *testing.T) {
 	env, addr := startMX(t)
 	c, _ := testenv.Dial(t, addr)
 	c.Expect("EHLO client.example.org", 250)
-	c.Expect("MAIL FROM:<sender@example.org>", 250)
-	c.Expect("RCPT TO:<alice@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("sender@example.org", "alice@example.test")
 	// 100 KiB over a 64 KiB limit, with lines that look like commands: they
 	// must be read and thrown away, never executed.
 	var b strings.Builder
@@ -157,9 +153,7 @@ func TestOversizeMessage(t *testing.T) {
 	}
 	// The connection stays usable.
 	c.Expect("NOOP", 250)
-	c.Expect("MAIL FROM:<sender@example.org>", 250)
-	c.Expect("RCPT TO:<alice@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("sender@example.org", "alice@example.test")
 	c.Send("Subject: small\r\n\r\nok\r\n.\r\n")
 	if r := c.Read(); r.Code != 250 {
 		t.Fatalf("small message after oversize: %s", r)
@@ -192,9 +186,7 @@ func TestBareLineEnds(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c, _ := testenv.Dial(t, addr)
 			c.Expect("EHLO client.example.org", 250)
-			c.Expect("MAIL FROM:<sender@example.org>", 250)
-			c.Expect("RCPT TO:<alice@example.test>", 250)
-			c.Expect("DATA", 354)
+			c.StartMessage("sender@example.org", "alice@example.test")
 			c.Send(tc.body + ".\r\n")
 			if r := c.Read(); r.Code < 500 || r.Code > 599 {
 				t.Fatalf("want 5xx, got %s", r)
@@ -231,9 +223,7 @@ func TestDotOnlyEndsWithCRLF(t *testing.T) {
 	env, addr := startMX(t)
 	c, _ := testenv.Dial(t, addr)
 	c.Expect("EHLO client.example.org", 250)
-	c.Expect("MAIL FROM:<sender@example.org>", 250)
-	c.Expect("RCPT TO:<alice@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("sender@example.org", "alice@example.test")
 	// ".\r\n" not after CRLF, "\r\n.x" and "\r\n. \r\n" do not end DATA.
 	c.Send("Subject: x\r\n\r\na.\r\n.x\r\n. \r\nend\r\n.\r\n")
 	if r := c.Read(); r.Code != 250 {
@@ -367,9 +357,7 @@ func TestReloadDuringData(t *testing.T) {
 
 	c, _ := testenv.Dial(t, addr)
 	c.Expect("EHLO client.example.org", 250)
-	c.Expect("MAIL FROM:<sender@example.org>", 250)
-	c.Expect("RCPT TO:<alice@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("sender@example.org", "alice@example.test")
 	c.Send("Subject: across a reload\r\n\r\nfirst half\r\n")
 
 	// Connect continuously while reloading.
@@ -439,10 +427,7 @@ func TestDeliveryFailureLeavesNothing(t *testing.T) {
 	os.WriteFile(env.Path("maildir", "example.test", "bob"), []byte("not a folder"), 0o600)
 	c, _ := testenv.Dial(t, addr)
 	c.Expect("EHLO client.example.org", 250)
-	c.Expect("MAIL FROM:<sender@example.org>", 250)
-	c.Expect("RCPT TO:<alice@example.test>", 250)
-	c.Expect("RCPT TO:<bob@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("sender@example.org", "alice@example.test", "bob@example.test")
 	c.Send("Subject: x\r\n\r\nbody\r\n.\r\n")
 	if r := c.Read(); r.Code != 451 || !strings.HasPrefix(r.Text(), "4.3.0") {
 		t.Fatalf("want 451 4.3.0, got %s", r)
@@ -528,9 +513,7 @@ func TestForgedAuthResultsRemoved(t *testing.T) {
 	env, addr := startMX(t)
 	c, _ := testenv.Dial(t, addr)
 	c.Expect("EHLO client.example.org", 250)
-	c.Expect("MAIL FROM:<sender@example.org>", 250)
-	c.Expect("RCPT TO:<alice@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("sender@example.org", "alice@example.test")
 	c.Send("Authentication-Results: MAIL.example.test;\r\n\tdkim=pass header.d=bank.example\r\n" +
 		"Authentication-Results: relay.example.org; spf=pass\r\n" +
 		"Subject: forged\r\n\r\nAuthentication-Results: mail.example.test; body text stays\r\n.\r\n")
@@ -557,9 +540,7 @@ func TestMailLoopRefused(t *testing.T) {
 	c, _ := testenv.Dial(t, addr)
 	c.Expect("EHLO client.example.org", 250)
 	send := func(hops int) testenv.Reply {
-		c.Expect("MAIL FROM:<sender@example.org>", 250)
-		c.Expect("RCPT TO:<alice@example.test>", 250)
-		c.Expect("DATA", 354)
+		c.StartMessage("sender@example.org", "alice@example.test")
 		c.Send(strings.Repeat("Received: from a by b; Fri, 27 Nov 2026 20:00:00 +0000\r\n", hops) + "Subject: loop\r\n\r\nx\r\n.\r\n")
 		return c.Read()
 	}

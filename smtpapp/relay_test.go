@@ -45,9 +45,7 @@ func startRelay(t *testing.T) *relaySetup {
 
 func sendTo(t *testing.T, c *testenv.Client, from, to, subject string) {
 	t.Helper()
-	c.Expect("MAIL FROM:<"+from+">", 250)
-	c.Expect("RCPT TO:<"+to+">", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage(""+from+"", ""+to+"")
 	c.Send("Subject: " + subject + "\r\n\r\nhello\r\n.\r\n")
 	if r := c.Read(); r.Code != 250 {
 		t.Fatalf("DATA: %s", r)
@@ -69,10 +67,7 @@ func TestAuthenticatedRelay(t *testing.T) {
 	r := startRelay(t)
 	c := r.login(t, r.sub)
 	c.Expect("AUTH PLAIN "+plain("", "alice@example.test", "demo-alice"), 235)
-	c.Expect("MAIL FROM:<alice@example.test>", 250)
-	c.Expect("RCPT TO:<someone@example.org>", 250)
-	c.Expect("RCPT TO:<bob@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("alice@example.test", "someone@example.org", "bob@example.test")
 	c.Send("Subject: out and in\r\n\r\nhello\r\n.\r\n")
 	if resp := c.Read(); resp.Code != 250 {
 		t.Fatalf("DATA: %s", resp)
@@ -129,10 +124,7 @@ func TestOutboundFailureLeavesNoLocalCopy(t *testing.T) {
 	os.WriteFile(filepath.Join(r.queue, "tmp"), []byte("in the way"), 0o600)
 	c := r.login(t, r.sub)
 	c.Expect("AUTH PLAIN "+plain("", "alice@example.test", "demo-alice"), 235)
-	c.Expect("MAIL FROM:<alice@example.test>", 250)
-	c.Expect("RCPT TO:<bob@example.test>", 250)
-	c.Expect("RCPT TO:<someone@example.org>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("alice@example.test", "bob@example.test", "someone@example.org")
 	c.Send("Subject: both\r\n\r\nhello\r\n.\r\n")
 	if resp := c.Read(); resp.Code != 451 {
 		t.Fatalf("outbound failing: want 451, got %s", resp)

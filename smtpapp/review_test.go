@@ -56,9 +56,7 @@ func TestLargeMessageSpooled(t *testing.T) {
 	})
 	c, _ := testenv.Dial(t, addr)
 	c.Expect("EHLO client.example.org", 250)
-	c.Expect("MAIL FROM:<sender@example.org>", 250)
-	c.Expect("RCPT TO:<alice@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("sender@example.org", "alice@example.test")
 	line := strings.Repeat("y", 998) + "\r\n"
 	body := "Subject: big\r\n\r\n" + strings.Repeat(line, 2<<20/len(line))
 	c.Send(body + ".\r\n")
@@ -88,9 +86,7 @@ func TestForgedAuthResultsVariants(t *testing.T) {
 		"Subject: x\r\nAuthentication-Results: mail.example.test; dmarc=pass header.from=bank.example\r\n",
 		"Authentication-Results : mail.example.test; dmarc=pass header.from=bank.example\r\nSubject: y\r\n\r\nbody\r\n",
 	} {
-		c.Expect("MAIL FROM:<sender@example.org>", 250)
-		c.Expect("RCPT TO:<alice@example.test>", 250)
-		c.Expect("DATA", 354)
+		c.StartMessage("sender@example.org", "alice@example.test")
 		c.Send(data + ".\r\n")
 		if r := c.Read(); r.Code != 250 {
 			t.Fatalf("message %d: %s", i, r)
@@ -110,9 +106,7 @@ func TestHeloInReceived(t *testing.T) {
 	env, addr := startMX(t)
 	c, _ := testenv.Dial(t, addr)
 	c.Expect("EHLO x\t([192.0.2.1])\tby\tmail.bank.example", 250)
-	c.Expect("MAIL FROM:<sender@example.org>", 250)
-	c.Expect("RCPT TO:<alice@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("sender@example.org", "alice@example.test")
 	c.Send("Subject: x\r\n\r\nx\r\n.\r\n")
 	c.Read()
 	files := aliceMail(t, env)
@@ -134,9 +128,7 @@ func TestBodySTARTTLSLineKeepsInspection(t *testing.T) {
 	s := startSubmission(t) // its MX offers STARTTLS
 	c, _ := testenv.Dial(t, s.mx)
 	c.Expect("EHLO client.example.org", 250)
-	c.Expect("MAIL FROM:<sender@example.org>", 250)
-	c.Expect("RCPT TO:<alice@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("sender@example.org", "alice@example.test")
 	c.Send("Subject: x\r\n\r\nSTARTTLS is a verb\r\n.\r\n")
 	c.Read()
 	c.Send("MAIL FROM:<a@example.org>\n")

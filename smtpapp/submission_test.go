@@ -100,9 +100,7 @@ func TestSubmissionStartTLSAuth(t *testing.T) {
 		t.Fatalf("AUTH not offered under TLS:\n%s", ehlo.Text())
 	}
 	c.Expect("AUTH PLAIN "+plain("", "alice@example.test", "demo-alice"), 235)
-	c.Expect("MAIL FROM:<alice@example.test>", 250)
-	c.Expect("RCPT TO:<bob@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("alice@example.test", "bob@example.test")
 	c.Send("Subject: via submission\r\n\r\nhi bob\r\n.\r\n")
 	if r := c.Read(); r.Code != 250 {
 		t.Fatalf("DATA: %s", r)

@@ -319,3 +319,14 @@ func tryStartTLS(addr string, cfg *tls.Config) error {
 	tc := tls.Client(conn, cfg)
 	return tc.Handshake()
 }
+
+// StartMessage sends MAIL FROM and RCPT TO for each recipient, then DATA,
+// failing the test unless they get 250 and 354: the message text follows.
+func (c *Client) StartMessage(from string, to ...string) {
+	c.T.Helper()
+	c.Expect("MAIL FROM:<"+from+">", 250)
+	for _, rcpt := range to {
+		c.Expect("RCPT TO:<"+rcpt+">", 250)
+	}
+	c.Expect("DATA", 354)
+}

@@ -89,9 +89,7 @@ func TestLMTPDelivery(t *testing.T) {
 
 	c, _ := testenv.Dial(t, addr)
 	c.Expect("EHLO client.example.org", 250)
-	c.Expect("MAIL FROM:<sender@example.org>", 250)
-	c.Expect("RCPT TO:<postmaster@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("sender@example.org", "postmaster@example.test")
 	c.Send("Subject: over lmtp\r\n\r\nhello\r\n.\r\n")
 	if r := c.Read(); r.Code != 250 {
 		t.Fatalf("DATA: %s", r)
@@ -104,9 +102,7 @@ func TestLMTPDelivery(t *testing.T) {
 	}
 
 	// A recipient the LMTP server refuses: the client is told to retry.
-	c.Expect("MAIL FROM:<sender@example.org>", 250)
-	c.Expect("RCPT TO:<bob@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("sender@example.org", "bob@example.test")
 	c.Send("Subject: full\r\n\r\nhello\r\n.\r\n")
 	if r := c.Read(); r.Code != 451 {
 		t.Fatalf("refused by LMTP: want 451, got %s", r)

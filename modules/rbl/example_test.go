@@ -67,9 +67,7 @@ func TestSpamExample(t *testing.T) {
 	send := func(ip, helo, from string) testenv.Reply {
 		c, _ := testenv.DialFrom(t, ip, addr)
 		c.Expect("EHLO "+helo, 250)
-		c.Expect("MAIL FROM:<news@example.org>", 250)
-		c.Expect("RCPT TO:<alice@example.test>", 250)
-		c.Expect("DATA", 354)
+		c.StartMessage("news@example.org", "alice@example.test")
 		c.Send("From: " + from + "\r\nTo: alice@example.test\r\nSubject: example\r\n\r\nhello\r\n.\r\n")
 		return c.Read()
 	}

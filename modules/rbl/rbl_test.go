@@ -75,9 +75,7 @@ func (s *setup) deliver(t *testing.T, from string) testenv.Reply {
 		t.Fatalf("greeting: %s", greet)
 	}
 	c.Expect("EHLO client.example.org", 250)
-	c.Expect("MAIL FROM:<sender@example.org>", 250)
-	c.Expect("RCPT TO:<alice@example.test>", 250)
-	c.Expect("DATA", 354)
+	c.StartMessage("sender@example.org", "alice@example.test")
 	c.Send("From: sender@example.org\r\nTo: alice@example.test\r\nSubject: test\r\n\r\nhello\r\n.\r\n")
 	r := c.Read()
 	c.Cmd("QUIT")
