@@ -158,7 +158,7 @@ func (l *listener) admit(raw net.Conn) {
 
 	var conn net.Conn = nc
 	if srv.ImplicitTLS {
-		nc.inspect = false
+		nc.inspect = false // the raw stream is TLS
 		tc := tls.Server(nc, srv.tlsConfig)
 		hsCtx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
 		err := tc.HandshakeContext(hsCtx)
@@ -170,7 +170,7 @@ func (l *listener) admit(raw net.Conn) {
 		}
 		st := tc.ConnectionState()
 		c.tlsState = &st
-		conn = tc
+		conn = &tlsPlain{Conn: tc, nc: nc}
 	}
 
 	if err := srv.runConnect(c); err != nil {
@@ -322,10 +322,33 @@ func (n *netConn) Close() error {
 	return err
 }
 
+// tlsPlain is the decrypted side of an implicit-TLS connection, inspected
+// like a plaintext one (bare CR/LF in command lines).
+type tlsPlain struct {
+	*tls.Conn
+	nc *netConn
+}
+
+func (t *tlsPlain) Read(b []byte) (int, error) {
+	if t.nc.closing.Load() { // before records already decrypted
+		return 0, io.EOF
+	}
+	k, err := t.Conn.Read(b)
+	if k > 0 {
+		t.nc.scan(b[:k])
+	}
+	return k, err
+}
+
+// SetReadDeadline is a no-op: the netConn below sets read deadlines.
+func (t *tlsPlain) SetReadDeadline(time.Time) error { return nil }
+
 // netConnOf finds our wrapper under a TLS layer.
 func netConnOf(c net.Conn) *netConn {
 	for {
 		switch v := c.(type) {
+		case *tlsPlain:
+			return v.nc
 		case *netConn:
 			return v
 		case *tls.Conn:

@@ -1,6 +1,8 @@
 package smtpapp_test
 
 import (
+	"crypto/tls"
+	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -147,5 +149,32 @@ func TestBareLFNoopCloses(t *testing.T) {
 	c.Read()
 	if !c.Closed() {
 		t.Fatal("connection open after a bare LF")
+	}
+}
+
+// TestBareLFInsideImplicitTLS: commands inside implicit TLS are inspected
+// like plaintext ones.
+func TestBareLFInsideImplicitTLS(t *testing.T) {
+	s := startSubmission(t)
+	for _, tc := range []struct{ line, want string }{
+		{"MAIL FROM:<alice@example.test>\n", "5"},
+		{"NOOP\n", "2"},
+	} {
+		conn, err := tls.Dial("tcp", s.subs, s.tlsConfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &testenv.Client{T: t, Conn: conn, R: newReader(conn)}
+		c.Read()
+		c.Expect("EHLO client.example.org", 250)
+		c.Expect("AUTH PLAIN "+plain("", "alice@example.test", "demo-alice"), 235)
+		c.Send(tc.line)
+		if r := c.Read(); fmt.Sprint(r.Code)[:1] != tc.want {
+			t.Errorf("%q: %s", tc.line, r)
+		}
+		if !c.Closed() {
+			t.Errorf("%q: connection open after a bare LF inside TLS", tc.line)
+		}
+		conn.Close()
 	}
 }

@@ -228,7 +228,11 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 	s.smtp.MaxLineLength = lim.MaxLineLength
 	s.smtp.WriteTimeout = time.Duration(lim.WriteTimeout)
 	s.smtp.ReadTimeout = 0 // netConn applies read and session deadlines
-	s.smtp.AllowInsecureAuth = false
+	// go-smtp allows AUTH only on a *tls.Conn. Implicit-TLS connections
+	// reach it as a plaintext view of the TLS stream (so that the command
+	// stream can be inspected), all of them encrypted: AUTH is safe there,
+	// and session.Auth checks the TLS state itself in any case.
+	s.smtp.AllowInsecureAuth = s.ImplicitTLS
 	s.smtp.ErrorLog = zapPrintf{s.logger}
 	if !(s.TLS != nil && s.TLS.DisableSTARTTLS) && !s.ImplicitTLS {
 		s.smtp.TLSConfig = s.tlsConfig
