@@ -178,19 +178,13 @@ func TestStartTLSWithoutSNI(t *testing.T) {
 func TestAuthFailures(t *testing.T) {
 	s := startSubmission(t)
 	c := s.login(t, s.sub)
-	start := time.Now()
 	wrong := c.Cmd("AUTH PLAIN " + plain("", "alice@example.test", "wrong"))
-	wrongTook := time.Since(start)
-	start = time.Now()
 	unknown := c.Cmd("AUTH PLAIN " + plain("", "nobody@example.test", "wrong"))
-	unknownTook := time.Since(start)
 	if wrong.Code != 535 || unknown.Code != 535 || wrong.Text() != unknown.Text() || !strings.HasPrefix(wrong.Text(), "5.7.8") {
 		t.Fatalf("want the same 535 5.7.8: wrong password %s, unknown user %s", wrong, unknown)
 	}
-	// Both pay the bcrypt cost: an unknown user is not answered faster.
-	if unknownTook < wrongTook/3 {
-		t.Errorf("unknown user answered in %v, wrong password in %v: timing reveals accounts", unknownTook, wrongTook)
-	}
+	// (That both cost the same bcrypt work is checked in authtable's tests,
+	// without a clock.)
 	// Third failure closes the session (max_auth_failures 3).
 	if r := c.Cmd("AUTH PLAIN " + plain("", "bob@example.test", "wrong")); r.Code != 421 {
 		t.Fatalf("third failure: want 421, got %s", r)
