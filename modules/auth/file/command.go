@@ -59,7 +59,7 @@ func cmdUser(fl caddycmd.Flags) (int, error) {
 	if _, err := authtable.New([]authtable.Account{acct}, "account"); err != nil {
 		return caddy1(err)
 	}
-	if err := SetUser(path, acct, aliases != nil); err != nil {
+	if err := SetUser(path, acct, fl.Changed("alias")); err != nil {
 		return caddy1(err)
 	}
 	fmt.Fprintf(os.Stderr, "%s saved in %s\n", user, path)
