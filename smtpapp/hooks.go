@@ -3,6 +3,7 @@ package smtpapp
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"github.com/emersion/go-smtp"
 )
@@ -122,6 +123,36 @@ type Event struct {
 // an error makes the server answer 451 and keep nothing.
 type DeliveryTarget interface {
 	Deliver(ctx context.Context, env *Envelope, msg *Message) error
+}
+
+// PartialFailure is what a DeliveryTarget returns when it stored the
+// message for some recipients and refused others for good (5xx, e.g. a
+// full mailbox behind LMTP). The server then tells the sender by a
+// bounce (through a Bouncer) and answers 250; without a Bouncer it
+// answers 451 and the client retries.
+type PartialFailure struct {
+	Failed []FailedRecipient
+}
+
+// FailedRecipient is a recipient refused for good, with the reply.
+type FailedRecipient struct {
+	Recipient
+	Reply *Error
+}
+
+func (p *PartialFailure) Error() string {
+	parts := make([]string, len(p.Failed))
+	for i, f := range p.Failed {
+		parts[i] = f.Address + ": " + f.Reply.Error()
+	}
+	return "delivery failed for some recipients: " + strings.Join(parts, "; ")
+}
+
+// Bouncer is an optional DeliveryTarget extension (the queue): Bounce
+// sends env.From a delivery status notification (RFC 3464) about the
+// failed recipients of msg, durably queued when it returns.
+type Bouncer interface {
+	Bounce(ctx context.Context, env *Envelope, msg *Message, failed []FailedRecipient) error
 }
 
 // Stager is an optional DeliveryTarget extension that splits Deliver in

@@ -412,6 +412,11 @@ func (ss *session) Data(r io.Reader) error {
 	if err := ss.deliver(env, msg); err != nil {
 		c.logger.Error("delivery failed", zap.String("id", env.ID), zap.Error(err))
 		ss.logMessage(msg, "failed", err)
+		// A target that refused the message for good for every recipient
+		// says so with a 5xx; anything else is temporary.
+		if e := (*Error)(nil); errors.As(err, &e) && e.Code/100 == 5 {
+			return e
+		}
 		return replyDeliveryFailed
 	}
 	srv.metrics.bytes.WithLabelValues(srv.name).Add(float64(msg.Size()))
@@ -568,7 +573,9 @@ func (ss *session) deliver(env *Envelope, msg *Message) error {
 			defer abort()
 			commit = c
 		} else if err := app.localDelivery.Deliver(ctx, &e, msg); err != nil {
-			return fmt.Errorf("local delivery: %w", err)
+			if err := ss.bounceFailed(ctx, &e, msg, err); err != nil {
+				return fmt.Errorf("local delivery: %w", err)
+			}
 		}
 	}
 	if len(remote) > 0 {
@@ -583,6 +590,27 @@ func (ss *session) deliver(env *Envelope, msg *Message) error {
 		return fmt.Errorf("local delivery: %w", err)
 	}
 	return nil
+}
+
+// bounceFailed handles a local delivery that failed for some recipients
+// only: their sender gets a bounce (nobody, for the null sender) and the
+// message counts as accepted. Any other error is returned as it is.
+func (ss *session) bounceFailed(ctx context.Context, env *Envelope, msg *Message, err error) error {
+	var pf *PartialFailure
+	if !errors.As(err, &pf) {
+		return err
+	}
+	for _, f := range pf.Failed {
+		ss.c.logger.Info("recipient refused by the mailbox", zap.String("id", env.ID), zap.String("to", f.Address), zap.String("reply", f.Reply.Error()))
+	}
+	if env.From == "" {
+		return nil // never a bounce for a bounce
+	}
+	b, ok := ss.srv.app.outbound.(Bouncer)
+	if !ok {
+		return err
+	}
+	return b.Bounce(ctx, env, msg, pf.Failed)
 }
 
 func (ss *session) logMessage(msg *Message, result string, err error) {

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -24,10 +23,11 @@ func init() {
 	caddy.RegisterModule(LMTP{})
 }
 
-// LMTP delivers local mail to an LMTP server. Delivery succeeds only if the
-// server accepted the message for every recipient; a per-recipient refusal
-// makes the whole delivery fail (the client is told 451 and retries), so a
-// recipient may get a copy twice in that case, never none.
+// LMTP delivers local mail to an LMTP server, which answers for each
+// recipient. Recipients refused for good (a full mailbox, an unknown user)
+// get a bounce through the outbound queue while the others keep their
+// copy; a temporary refusal makes the whole delivery fail (451, the client
+// retries, and a recipient may then get a copy twice, never none).
 type LMTP struct {
 	// Address of the LMTP server: "unix//run/dovecot/lmtp" or
 	// "tcp/127.0.0.1:24" (Caddy network address syntax). Required.
@@ -85,6 +85,11 @@ func (l *LMTP) Provision(ctx caddy.Context) error {
 }
 
 // Deliver sends the message to the LMTP server for the local recipients.
+// The server answers for each recipient: when every one is accepted the
+// delivery succeeds; when some are refused for good (5xx, a full mailbox)
+// and none temporarily, it returns a *smtpapp.PartialFailure (the server
+// then bounces them), or a 5xx if all were refused; any temporary failure
+// makes it fail as a whole (451 to the client, which retries).
 func (l *LMTP) Deliver(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp.Message) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(l.Timeout))
 	defer cancel()
@@ -104,7 +109,10 @@ func (l *LMTP) Deliver(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp.
 	if err := c.Mail(env.From, nil); err != nil {
 		return fmt.Errorf("MAIL FROM: %w", err)
 	}
+	var failed []smtpapp.FailedRecipient
+	byAddr := map[string]smtpapp.Recipient{} // RCPT address -> recipient
 	seen := map[string]bool{}
+	accepted := 0
 	for _, r := range env.Recipients {
 		if !r.Local() {
 			continue
@@ -117,9 +125,19 @@ func (l *LMTP) Deliver(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp.
 			continue
 		}
 		seen[to] = true
+		byAddr[to] = r
 		if err := c.Rcpt(to, nil); err != nil {
-			return fmt.Errorf("RCPT TO:<%s>: %w", to, err)
+			f, perr := permanent(r, err)
+			if perr != nil {
+				return fmt.Errorf("RCPT TO:<%s>: %w", to, perr)
+			}
+			failed = append(failed, f)
+			continue
 		}
+		accepted++
+	}
+	if accepted == 0 {
+		return allFailed(failed)
 	}
 	w, err := c.Data()
 	if err != nil {
@@ -129,20 +147,47 @@ func (l *LMTP) Deliver(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp.
 		return fmt.Errorf("sending the message: %w", err)
 	}
 	results, err := w.CloseWithLMTPResponse()
-	if err != nil {
-		var lerr smtp.LMTPDataError
-		if errors.As(err, &lerr) {
-			var failed []string
-			for rcpt, e := range lerr {
-				failed = append(failed, rcpt+": "+e.Error())
+	var lerr smtp.LMTPDataError
+	switch {
+	case errors.As(err, &lerr):
+		for rcpt, e := range lerr {
+			f, perr := permanent(byAddr[rcpt], e)
+			if perr != nil {
+				return fmt.Errorf("LMTP server: <%s>: %w", rcpt, perr)
 			}
-			return fmt.Errorf("LMTP server refused: %s", strings.Join(failed, "; "))
+			failed = append(failed, f)
 		}
+	case err != nil:
 		return fmt.Errorf("end of data: %w", err)
 	}
-	l.logger.Debug("delivered over LMTP", zap.String("id", env.ID), zap.Int("recipients", len(results)))
 	c.Quit()
+	l.logger.Debug("delivered over LMTP", zap.String("id", env.ID), zap.Int("accepted", len(results)), zap.Int("refused", len(failed)))
+	if len(results) == 0 {
+		return allFailed(failed)
+	}
+	if len(failed) > 0 {
+		return &smtpapp.PartialFailure{Failed: failed}
+	}
 	return nil
+}
+
+// permanent turns a 5xx refusal into a FailedRecipient; anything else is
+// returned as an error (temporary).
+func permanent(r smtpapp.Recipient, err error) (smtpapp.FailedRecipient, error) {
+	var e *smtp.SMTPError
+	if errors.As(err, &e) && e.Code/100 == 5 {
+		return smtpapp.FailedRecipient{Recipient: r, Reply: e}, nil
+	}
+	return smtpapp.FailedRecipient{}, err
+}
+
+// allFailed is the error for a message no recipient accepted: the first
+// permanent refusal, which the client gets as the reply to DATA.
+func allFailed(failed []smtpapp.FailedRecipient) error {
+	if len(failed) == 0 {
+		return fmt.Errorf("no local recipient")
+	}
+	return failed[0].Reply
 }
 
 // UnmarshalCaddyfile sets up the module from Caddyfile tokens:

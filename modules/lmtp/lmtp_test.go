@@ -7,12 +7,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/lmtp"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/queue"
 )
 
 // lmtpServer is a real LMTP server (go-smtp in LMTP mode) on a Unix socket
@@ -21,7 +23,8 @@ type lmtpServer struct {
 	mu     sync.Mutex
 	stored map[string][]string // recipient -> messages
 	from   []string
-	refuse map[string]bool
+	refuse map[string]bool // 452: temporary
+	full   map[string]bool // 552: for good
 }
 
 type lmtpSession struct {
@@ -52,6 +55,10 @@ func (ls *lmtpSession) LMTPData(r io.Reader, status smtp.StatusCollector) error 
 			status.SetStatus(to, &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "Mailbox full"})
 			continue
 		}
+		if ls.s.full[to] {
+			status.SetStatus(to, &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 2, 2}, Message: "Mailbox full for good"})
+			continue
+		}
 		ls.s.stored[to] = append(ls.s.stored[to], string(b))
 		status.SetStatus(to, nil)
 	}
@@ -65,12 +72,8 @@ func TestLMTPDelivery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	backend := &lmtpServer{stored: map[string][]string{}, refuse: map[string]bool{"bob@example.test": true}}
-	srv := smtp.NewServer(backend)
-	srv.LMTP = true
-	srv.Domain = "dovecot.example.test"
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	backend := startLMTP(t, ln)
+	backend.refuse["bob@example.test"] = true
 
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	app := map[string]any{
@@ -106,6 +109,77 @@ func TestLMTPDelivery(t *testing.T) {
 	c.Send("Subject: full\r\n\r\nhello\r\n.\r\n")
 	if r := c.Read(); r.Code != 451 {
 		t.Fatalf("refused by LMTP: want 451, got %s", r)
+	}
+}
+
+func startLMTP(t *testing.T, ln net.Listener) *lmtpServer {
+	backend := &lmtpServer{stored: map[string][]string{}, refuse: map[string]bool{}, full: map[string]bool{}}
+	srv := smtp.NewServer(backend)
+	srv.LMTP = true
+	srv.Domain = "dovecot.example.test"
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return backend
+}
+
+// TestLMTPRefusedForGood: a recipient the LMTP server refuses for good
+// gets a bounce (through the queue) to the sender while the others keep
+// their copy and the client gets 250; a message refused for its only
+// recipient gets the server's 5xx.
+func TestLMTPRefusedForGood(t *testing.T) {
+	env := testenv.New(t)
+	sock := env.Path("lmtp.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend := startLMTP(t, ln)
+	backend.full["carol@example.test"] = true
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	app := map[string]any{
+		"local_domains": []string{"example.test"},
+		"accounts": map[string]any{"provider": "static", "accounts": []any{
+			map[string]any{"address": "alice@example.test"}, map[string]any{"address": "bob@example.test"}, map[string]any{"address": "carol@example.test"},
+		}},
+		"local_delivery": map[string]any{"target": "lmtp", "address": "unix/" + sock},
+		"outbound":       map[string]any{"target": "queue", "path": env.Path("queue"), "dkim": map[string]any{"disable": true}},
+		"spool_dir":      env.Path("spool"),
+		"servers": map[string]any{"mx": map[string]any{
+			"listen": []string{addr}, "hostname": "mail.example.test", "tls": map[string]any{"disable_starttls": true},
+		}},
+	}
+	env.Load(env.Config(app, nil))
+
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.StartMessage("alice@example.test", "bob@example.test", "carol@example.test")
+	c.Send("Subject: to bob and carol\r\n\r\nhello\r\n.\r\n")
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("one of two refused for good: want 250, got %s", r)
+	}
+	c.StartMessage("alice@example.test", "carol@example.test")
+	c.Send("Subject: to carol\r\n\r\nhello\r\n.\r\n")
+	if r := c.Read(); r.Code != 552 {
+		t.Fatalf("the only recipient refused for good: want 552, got %s", r)
+	}
+	bounced := testenv.WaitFor(10*time.Second, func() bool {
+		backend.mu.Lock()
+		defer backend.mu.Unlock()
+		for _, m := range backend.stored["alice@example.test"] {
+			if strings.Contains(m, "Final-Recipient: rfc822; carol@example.test") && strings.Contains(m, "Status: 5.2.2") &&
+				strings.Contains(m, "Subject: to bob and carol") {
+				return true
+			}
+		}
+		return false
+	})
+	if !bounced {
+		t.Fatalf("no bounce for carol reached alice: %q", backend.stored["alice@example.test"])
+	}
+	backend.mu.Lock()
+	defer backend.mu.Unlock()
+	if n := len(backend.stored["bob@example.test"]); n != 1 {
+		t.Fatalf("bob: %d copies", n)
 	}
 }
 

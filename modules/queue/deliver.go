@@ -285,22 +285,38 @@ func dsnAddrs(rs []dsnRcpt) []string {
 // maxDSNHeader bounds the original header quoted in a DSN.
 const maxDSNHeader = 64 << 10
 
-// queueDSN builds a notification to the entry's sender and queues it: to
-// the sender's local mailbox, or by MX like any other mail. A sender that
-// cannot get mail (an unknown local mailbox, a bad address) is logged and
-// counted as notified.
+// queueDSN builds a notification to the entry's sender and queues it.
 func (e *engine) queueDSN(s *settings, ent *entry, rcpts []dsnRcpt, delayed bool) error {
-	to := ent.rec.From
+	hdr, err := e.originalHeader(ent)
+	if err != nil {
+		return err
+	}
+	return e.queueNotification(s, &dsnInput{
+		QueueID:    ent.rec.ID,
+		Sender:     ent.rec.From,
+		Arrival:    ent.rec.Received,
+		RetryUntil: ent.rec.Queued.Add(s.giveUp),
+		Header:     hdr,
+		Rcpts:      rcpts,
+		Delayed:    delayed,
+	})
+}
+
+// queueNotification queues a notification to in.Sender: to the sender's local
+// mailbox, or by MX like any other mail. A sender that cannot get mail (an
+// unknown local mailbox, a bad address) is logged and counted as notified.
+func (e *engine) queueNotification(s *settings, in *dsnInput) error {
+	to := in.Sender
 	addr, err := smtpapp.ParseAddress(to)
 	if err != nil {
-		s.logger.Warn("no bounce: the sender address is invalid", zap.String("id", ent.rec.ID), zap.String("from", to))
+		s.logger.Warn("no bounce: the sender address is invalid", zap.String("id", in.QueueID), zap.String("from", to))
 		return nil
 	}
 	rcpt := smtpapp.Recipient{Address: to}
 	if s.app.IsLocalDomain(addr.Domain) {
 		mb, err := s.app.LookupMailbox(e.ctx, addr)
 		if errors.Is(err, smtpapp.ErrNoSuchUser) {
-			s.logger.Warn("no bounce: the sender's local mailbox does not exist", zap.String("id", ent.rec.ID), zap.String("from", to))
+			s.logger.Warn("no bounce: the sender's local mailbox does not exist", zap.String("id", in.QueueID), zap.String("from", to))
 			return nil
 		}
 		if err != nil {
@@ -308,21 +324,9 @@ func (e *engine) queueDSN(s *settings, ent *entry, rcpts []dsnRcpt, delayed bool
 		}
 		rcpt.Mailbox = mb
 	}
-	hdr, err := e.originalHeader(ent)
-	if err != nil {
-		return err
-	}
 	now := time.Now()
-	msg := buildDSN(&dsnInput{
-		Hostname:   s.hostname,
-		QueueID:    ent.rec.ID,
-		Sender:     to,
-		Arrival:    ent.rec.Received,
-		RetryUntil: ent.rec.Queued.Add(s.giveUp),
-		Header:     hdr,
-		Rcpts:      rcpts,
-		Delayed:    delayed,
-	}, now)
+	in.Hostname = s.hostname
+	msg := buildDSN(in, now)
 	rec := &record{ID: newID(), From: "", Recipients: []smtpapp.Recipient{rcpt}, Received: now, Queued: now, DSN: true}
 	err = e.enqueue(s, rec, func(w io.Writer) (int64, error) {
 		n, err := w.Write(msg)
@@ -330,11 +334,11 @@ func (e *engine) queueDSN(s *settings, ent *entry, rcpts []dsnRcpt, delayed bool
 	}, func() io.Reader { return bytes.NewReader(msg) })
 	if err == nil {
 		kind := "bounce"
-		if delayed {
+		if in.Delayed {
 			kind = "delay warning"
 		}
 		s.logger.Info("notification queued", zap.String("kind", kind), zap.String("id", rec.ID),
-			zap.String("about", ent.rec.ID), zap.String("to", to), zap.Strings("rcpts", dsnAddrs(rcpts)))
+			zap.String("about", in.QueueID), zap.String("to", to), zap.Strings("rcpts", dsnAddrs(in.Rcpts)))
 	}
 	return err
 }

@@ -7,6 +7,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -493,6 +494,30 @@ func loadRoots(file string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
+// Bounce queues a delivery status notification to env.From about
+// recipients that another target (LMTP) refused for good, for a message
+// the server still accepts for the others.
+func (q *Queue) Bounce(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp.Message, failed []smtpapp.FailedRecipient) error {
+	hdr, _ := readHeader(msg.Reader())
+	if len(hdr) > maxDSNHeader {
+		hdr = hdr[:maxDSNHeader]
+		if i := bytes.LastIndex(hdr, []byte("\r\n")); i > 0 {
+			hdr = hdr[:i+2]
+		}
+	}
+	now := time.Now()
+	rcpts := make([]dsnRcpt, len(failed))
+	for i, f := range failed {
+		status := "5.0.0"
+		if ec := f.Reply.EnhancedCode; ec[0] == 5 {
+			status = fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2])
+		}
+		rcpts[i] = dsnRcpt{Address: f.Address, Action: "failed", Status: status,
+			Diagnostic: fmt.Sprintf("%d %s", f.Reply.Code, f.Reply.Message), LastAttempt: now}
+	}
+	return q.eng.queueNotification(q.s, &dsnInput{QueueID: env.ID, Sender: env.From, Arrival: env.Received, Header: hdr, Rcpts: rcpts})
+}
+
 // Start begins delivering from the spool (the smtp app calls it when it
 // starts, after its listeners are bound).
 func (q *Queue) Start() error {
@@ -541,5 +566,6 @@ var engines = caddy.NewUsagePool()
 var (
 	_ caddy.Provisioner      = (*Queue)(nil)
 	_ caddy.CleanerUpper     = (*Queue)(nil)
+	_ smtpapp.Bouncer        = (*Queue)(nil)
 	_ smtpapp.DeliveryTarget = (*Queue)(nil)
 )
