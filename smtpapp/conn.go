@@ -1,15 +1,18 @@
 package smtpapp
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base32"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -42,7 +45,10 @@ type Conn struct {
 	rcpts     []Recipient
 	inMail    bool
 	authFails int
-	closeOnce sync.Once
+
+	ownReplies     atomic.Int32 // our error replies not yet written
+	replyLineStart bool         // observeReplies is at the start of a line
+	closeOnce      sync.Once
 }
 
 // ScoreReason is one contribution to a spam score.
@@ -173,6 +179,50 @@ func (c *Conn) Emit(ev Event) {
 	c.server.metrics.event(c.server.name, ev)
 	for _, h := range c.server.eventHooks {
 		h.Event(c, ev)
+	}
+}
+
+// own marks err as one of our replies (an error the session returns to
+// go-smtp, which writes it): observeReplies then does not count it again.
+func (c *Conn) own(err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) && e.Code < 400 {
+		return err
+	}
+	c.ownReplies.Add(1)
+	return err
+}
+
+// observeReplies looks at the replies written to the client (where they
+// are plaintext to us): a 4xx or 5xx that is not ours comes from go-smtp
+// itself (unknown command, bad syntax, wrong sequence). It counts as an
+// error of the session and is reported as a protocol error to the event
+// hooks, before the reply is sent (so a tarpit can delay it).
+func (c *Conn) observeReplies(b []byte) {
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i+1], b[i+1:]
+		} else {
+			b = nil
+		}
+		if c.replyLineStart && len(line) >= 4 && (line[0] == '4' || line[0] == '5') && line[3] == ' ' {
+			if c.ownReplies.Load() > 0 {
+				c.ownReplies.Add(-1)
+			} else if !c.net.closing.Load() {
+				code := string(line[:3])
+				c.logger.Debug("protocol error", zap.String("reply", string(bytes.TrimRight(line, "\r\n"))))
+				c.Emit(Event{Kind: EventProtocolError, Detail: "bad command (" + code + ")"})
+				if n := c.countError(); n >= c.server.Limits.withDefaults().MaxErrors {
+					c.logger.Info("closing: too many errors", zap.Int("errors", n))
+					c.closeAfterReply()
+				}
+			}
+		}
+		c.replyLineStart = line[len(line)-1] == '\n'
 	}
 }
 

@@ -174,6 +174,7 @@ func (l *listener) admit(raw net.Conn) {
 	}
 
 	if err := srv.runConnect(c); err != nil {
+		c.own(err)
 		writeReply(conn, err, time.Duration(lim.WriteTimeout))
 		conn.Close()
 		return
@@ -260,6 +261,14 @@ func (n *netConn) Read(b []byte) (int, error) {
 	return k, err
 }
 
+// Write watches the replies while the stream is plaintext.
+func (n *netConn) Write(b []byte) (int, error) {
+	if n.inspect && n.conn != nil {
+		n.conn.observeReplies(b)
+	}
+	return n.Conn.Write(b)
+}
+
 // SetReadDeadline is a no-op: Read sets the deadline itself.
 func (n *netConn) SetReadDeadline(time.Time) error { return nil }
 
@@ -342,6 +351,11 @@ func (t *tlsPlain) Read(b []byte) (int, error) {
 
 // SetReadDeadline is a no-op: the netConn below sets read deadlines.
 func (t *tlsPlain) SetReadDeadline(time.Time) error { return nil }
+
+func (t *tlsPlain) Write(b []byte) (int, error) {
+	t.nc.conn.observeReplies(b)
+	return t.Conn.Write(b)
+}
 
 // netConnOf finds our wrapper under a TLS layer.
 func netConnOf(c net.Conn) *netConn {

@@ -3,7 +3,9 @@ package smtpapp_test
 import (
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -176,5 +178,31 @@ func TestBareLFInsideImplicitTLS(t *testing.T) {
 			t.Errorf("%q: connection open after a bare LF inside TLS", tc.line)
 		}
 		conn.Close()
+	}
+}
+
+// TestGoSMTPErrorsCount: errors that go-smtp answers itself (unknown
+// commands, bad syntax) count toward max_errors and the abuse metric.
+func TestGoSMTPErrorsCount(t *testing.T) {
+	env, addr := startMX(t, func(app, srv map[string]any) {
+		srv["limits"] = map[string]any{"max_errors": 3}
+	})
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.Expect("RCPT TO:<alice@example.test>", 502) // before MAIL: go-smtp's reply
+	c.Expect("MAIL FROM:<sender@example.org>", 250)
+	c.Expect("RCPT TO:<nobody@example.test>", 550) // ours
+	c.Cmd("DATA")                                  // go-smtp: no valid recipient: the third error
+	if !c.Closed() {
+		t.Fatal("connection open after three errors, two of them go-smtp's")
+	}
+	resp, err := http.Get("http://" + env.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(body), `caddy_smtp_abuse_events_total{kind="protocol_error",server="mx"}`) {
+		t.Fatal("go-smtp's errors not counted as protocol errors")
 	}
 }

@@ -30,6 +30,8 @@ func (s *Server) newConn(nc *netConn) *Conn {
 		remote: addrPortOf(nc.RemoteAddr()),
 		local:  addrPortOf(nc.LocalAddr()),
 		net:    nc,
+
+		replyLineStart: true,
 	}
 	c.logger = s.logger.With(zap.String("conn", c.ID), zap.String("remote", c.remote.String()))
 	nc.conn = c
@@ -86,7 +88,7 @@ func (b backend) NewSession(sc *smtp.Conn) (smtp.Session, error) {
 	c := nc.conn
 	ss := &session{c: c, srv: b.s}
 	if err := ss.check(); err != nil {
-		return nil, err
+		return nil, c.own(err)
 	}
 	helo := sc.Hostname()
 	c.mu.Lock()
@@ -99,7 +101,7 @@ func (b backend) NewSession(sc *smtp.Conn) (smtp.Session, error) {
 		if hook, ok := h.(HeloHook); ok {
 			if err := hook.Helo(c.ctx, c, helo); err != nil {
 				b.s.refused(c, "helo", i, err)
-				return nil, ss.fail(err)
+				return nil, c.own(ss.fail(err))
 			}
 		}
 	}
@@ -161,10 +163,10 @@ func (ss *session) AuthMechanisms() []string {
 
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	if ss.srv.app.accounts == nil {
-		return nil, smtp.ErrAuthUnsupported
+		return nil, ss.c.own(smtp.ErrAuthUnsupported)
 	}
 	if ss.c.TLS() == nil {
-		return nil, Errorf(523, [3]int{5, 7, 10}, "Encryption required for requested authentication mechanism")
+		return nil, ss.c.own(Errorf(523, [3]int{5, 7, 10}, "Encryption required for requested authentication mechanism"))
 	}
 	switch mech {
 	case sasl.Plain:
@@ -172,14 +174,14 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 			if identity != "" && identity != username {
 				ss.c.logger.Info("auth refused: authorization identity differs", zap.String("user", username), zap.String("authzid", identity))
 				ss.c.Emit(Event{Kind: EventAuthFailed, Detail: username})
-				return ss.authFailed(replyAuthzid)
+				return ss.c.own(ss.authFailed(replyAuthzid))
 			}
-			return ss.login(username, password)
+			return ss.c.own(ss.login(username, password))
 		}), nil
 	case sasl.Login:
-		return &loginServer{authenticate: ss.login}, nil
+		return &loginServer{authenticate: func(u, p string) error { return ss.c.own(ss.login(u, p)) }}, nil
 	}
-	return nil, smtp.ErrAuthUnknownMechanism
+	return nil, ss.c.own(smtp.ErrAuthUnknownMechanism)
 }
 
 func (ss *session) login(username, password string) error {
@@ -229,7 +231,16 @@ func (ss *session) authFailed(reply error) error {
 	return ss.fail(reply)
 }
 
-func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+// The go-smtp Session methods: every error they return is one of our
+// replies (own), so that the replies go-smtp makes up itself can be told
+// apart and counted (see Conn.observeReplies).
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error { return ss.c.own(ss.mail(from)) }
+
+func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error { return ss.c.own(ss.rcpt(to)) }
+
+func (ss *session) Data(r io.Reader) error { return ss.c.own(ss.data(r)) }
+
+func (ss *session) mail(from string) error {
 	if err := ss.check(); err != nil {
 		return err
 	}
@@ -294,7 +305,7 @@ func (ss *session) ownsSender(account string, addr Address) bool {
 	return false
 }
 
-func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+func (ss *session) rcpt(to string) error {
 	if err := ss.check(); err != nil {
 		return err
 	}
@@ -350,7 +361,7 @@ func (ss *session) route(addr Address) (Recipient, error) {
 	return Recipient{Address: addr.String()}, nil
 }
 
-func (ss *session) Data(r io.Reader) error {
+func (ss *session) data(r io.Reader) error {
 	if err := ss.check(); err != nil {
 		return err
 	}
