@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -205,18 +206,8 @@ func writeReply(conn net.Conn, err error, timeout time.Duration) {
 }
 
 func formatReply(e *Error) string {
-	return itoa3(e.Code) + " " + itoa(e.EnhancedCode[0]) + "." + itoa(e.EnhancedCode[1]) + "." + itoa(e.EnhancedCode[2]) + " " + e.Message + "\r\n"
-}
-
-func itoa3(n int) string {
-	return string([]byte{byte('0' + n/100%10), byte('0' + n/10%10), byte('0' + n%10)})
-}
-
-func itoa(n int) string {
-	if n < 10 && n >= 0 {
-		return string([]byte{byte('0' + n)})
-	}
-	return itoa(n/10) + itoa(n%10)
+	ec := e.EnhancedCode
+	return fmt.Sprintf("%d %d.%d.%d %s\r\n", e.Code, ec[0], ec[1], ec[2], e.Message)
 }
 
 // netConn wraps the client's TCP connection, under any TLS layer. It applies
