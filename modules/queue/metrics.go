@@ -1,9 +1,9 @@
 package queue
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
 )
 
 // The collectors are package-level so that counts survive config reloads;
@@ -28,16 +28,5 @@ var (
 )
 
 func registerMetrics(reg prometheus.Registerer) error {
-	if reg == nil {
-		return nil
-	}
-	for _, c := range []prometheus.Collector{metricQueued, metricDeliveries, metricDSN, metricSessions} {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return err
-			}
-		}
-	}
-	return nil
+	return promreg.Register(reg, metricQueued, metricDeliveries, metricDSN, metricSessions)
 }

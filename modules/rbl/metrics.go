@@ -1,9 +1,9 @@
 package rbl
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
 )
 
 // The collectors are package-level so that counts survive a config reload;
@@ -41,16 +41,5 @@ var (
 )
 
 func registerMetrics(reg prometheus.Registerer) error {
-	if reg == nil {
-		return nil
-	}
-	for _, c := range []prometheus.Collector{metricQueries, metricCacheHits, metricChecks, metricRejections, metricZoneUp, metricSelfTestsTotal, metricQueryDuration} {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return err
-			}
-		}
-	}
-	return nil
+	return promreg.Register(reg, metricQueries, metricCacheHits, metricChecks, metricRejections, metricZoneUp, metricSelfTestsTotal, metricQueryDuration)
 }

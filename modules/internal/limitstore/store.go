@@ -10,7 +10,6 @@ package limitstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -21,6 +20,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
 	"go.uber.org/zap"
 )
 
@@ -220,18 +221,7 @@ var storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 // RegisterMetrics registers the package's collectors (and extra ones)
 // into reg, tolerating earlier registrations (reloads).
 func RegisterMetrics(reg prometheus.Registerer, extra ...prometheus.Collector) error {
-	if reg == nil {
-		return nil
-	}
-	for _, c := range append([]prometheus.Collector{storeErrors}, extra...) {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return err
-			}
-		}
-	}
-	return nil
+	return promreg.Register(reg, append([]prometheus.Collector{storeErrors}, extra...)...)
 }
 
 // ErrorLog reports store errors for one module instance.
