@@ -5,6 +5,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 )
 
 // UnmarshalCaddyfile sets up the module from Caddyfile tokens:
@@ -64,7 +66,7 @@ func (q *Queue) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "max_concurrency", "max_per_domain", "max_recipients", "remote_port":
-			n, err := intArg(d)
+			n, err := caddyargs.Int(d)
 			if err != nil {
 				return err
 			}
@@ -78,7 +80,7 @@ func (q *Queue) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			for d.NextBlock(1) {
 				switch f := d.Val(); f {
 				case "initial", "max", "give_up", "warn_after":
-					dur, err := durationArg(d)
+					dur, err := caddyargs.Duration(d)
 					if err != nil {
 						return err
 					}
@@ -203,7 +205,7 @@ func (q *Queue) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			for d.NextBlock(1) {
 				switch f := d.Val(); f {
 				case "connect", "command", "data":
-					dur, err := durationArg(d)
+					dur, err := caddyargs.Duration(d)
 					if err != nil {
 						return err
 					}
@@ -218,32 +220,6 @@ func (q *Queue) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
-}
-
-func intArg(d *caddyfile.Dispenser) (int, error) {
-	field := d.Val()
-	var v string
-	if !d.Args(&v) {
-		return 0, d.ArgErr()
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 {
-		return 0, d.Errf("%s: %q is not a positive number", field, v)
-	}
-	return n, nil
-}
-
-func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
-	field := d.Val()
-	var v string
-	if !d.Args(&v) {
-		return 0, d.ArgErr()
-	}
-	dur, err := caddy.ParseDuration(v)
-	if err != nil {
-		return 0, d.Errf("%s: %v", field, err)
-	}
-	return caddy.Duration(dur), nil
 }
 
 // Interface guard
