@@ -151,10 +151,10 @@ const maxHeaderSection = 1 << 20
 var errHeaderTooLarge = errors.New("header section too large")
 
 // removeHeaderFields calls drop for each field of the original header
-// section (name as written, without trailing white space; value unfolded)
-// and removes the fields for which it returns true. The header section
-// ends at the first empty line, or with the message.
-func (m *Message) removeHeaderFields(drop func(name, value string) bool) error {
+// section (name as written, without trailing white space; value as
+// written, still folded) and removes the fields for which it returns true.
+// The header section ends at the first empty line, or with the message.
+func (m *Message) removeHeaderFields(drop func(name, value []byte) bool) error {
 	buf := m.mem
 	if m.file != nil {
 		buf = make([]byte, min(m.size, maxHeaderSection))
@@ -185,8 +185,7 @@ func (m *Message) removeHeaderFields(drop func(name, value string) bool) error {
 		}
 		field := buf[pos:end]
 		if colon := bytes.IndexByte(field, ':'); colon > 0 {
-			name := string(bytes.TrimRight(field[:colon], " \t"))
-			if drop(name, strings.Join(strings.Fields(string(field[colon+1:])), " ")) {
+			if drop(bytes.TrimRight(field[:colon], " \t"), field[colon+1:]) {
 				dropped = append(dropped, span{pos, end})
 			}
 		}

@@ -89,6 +89,7 @@ func TestForgedAuthResultsVariants(t *testing.T) {
 	for i, data := range []string{
 		"Subject: x\r\nAuthentication-Results: mail.example.test; dmarc=pass header.from=bank.example\r\n",
 		"Authentication-Results : mail.example.test; dmarc=pass header.from=bank.example\r\nSubject: y\r\n\r\nbody\r\n",
+		"Authentication-Results: (trust me)\r\n mail.example.test; dmarc=pass header.from=bank.example\r\nSubject: z\r\n\r\nbody\r\n",
 	} {
 		c.StartMessage("sender@example.org", "alice@example.test")
 		c.Send(data + ".\r\n")

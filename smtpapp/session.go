@@ -1,6 +1,7 @@
 package smtpapp
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -381,11 +382,12 @@ func (ss *session) data(r io.Reader) error {
 	// here, RFC 5321 6.3) and drop results that claim to be ours but were
 	// made elsewhere (RFC 8601 5).
 	hops := 0
-	if err := msg.removeHeaderFields(func(name, value string) bool {
-		if strings.EqualFold(name, "Received") {
+	if err := msg.removeHeaderFields(func(name, value []byte) bool {
+		if bytes.EqualFold(name, []byte("Received")) {
 			hops++
+			return false
 		}
-		return strings.EqualFold(name, "Authentication-Results") && authservID(value) == strings.ToLower(srv.Hostname)
+		return bytes.EqualFold(name, []byte("Authentication-Results")) && strings.EqualFold(authservID(string(value)), srv.Hostname)
 	}); err != nil {
 		if errors.Is(err, errHeaderTooLarge) {
 			c.logger.Info("refused", zap.String("stage", "data"), zap.String("reason", "header section too large"))
@@ -449,13 +451,22 @@ func commentSafe(s string) string {
 	return string(b)
 }
 
-// authservID is the authserv-id of an Authentication-Results value.
+// authservID is the authserv-id of an Authentication-Results value (as
+// written: white space and folding before it are skipped).
 func authservID(value string) string {
 	id, _, _ := strings.Cut(value, ";")
-	if i := strings.IndexAny(id, " \t("); i >= 0 {
+	id = strings.TrimLeft(id, " \t\r\n")
+	for strings.HasPrefix(id, "(") { // a comment before it (CFWS)
+		end := strings.IndexByte(id, ')')
+		if end < 0 {
+			return ""
+		}
+		id = strings.TrimLeft(id[end+1:], " \t\r\n")
+	}
+	if i := strings.IndexAny(id, " \t\r\n("); i >= 0 {
 		id = id[:i]
 	}
-	return strings.ToLower(strings.TrimSpace(id))
+	return id
 }
 
 func (ss *session) dataError(err error) error {
