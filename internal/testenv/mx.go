@@ -217,7 +217,10 @@ func (m *MX) WaitMessages(n int, timeout time.Duration) bool {
 	}
 }
 
-// MaxConcurrent is the largest number of sessions open at once so far.
+// MaxConcurrent is the largest number of transactions (MAIL to the end of
+// DATA) in progress at once so far. Transactions, not connections: the
+// client's slot is free once it has the reply to DATA, while the server
+// may not have seen its connection close yet.
 func (m *MX) MaxConcurrent() int { return int(m.maxActive.Load()) }
 
 type mxBackend struct {
@@ -228,13 +231,6 @@ type mxBackend struct {
 func (b *mxBackend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	m := b.m
 	m.Sessions.Add(1)
-	n := m.active.Add(1)
-	for {
-		old := m.maxActive.Load()
-		if n <= old || m.maxActive.CompareAndSwap(old, n) {
-			break
-		}
-	}
 	_, isTLS := c.TLSConnectionState()
 	return &mxSession{m: m, opts: b.opts, tls: isTLS, helo: c.Hostname()}, nil
 }
@@ -247,7 +243,28 @@ type mxSession struct {
 	authUser string
 	from     string
 	to       []string
-	closed   bool
+	inTx     bool
+}
+
+func (s *mxSession) beginTx() {
+	if s.inTx {
+		return
+	}
+	s.inTx = true
+	n := s.m.active.Add(1)
+	for {
+		old := s.m.maxActive.Load()
+		if n <= old || s.m.maxActive.CompareAndSwap(old, n) {
+			return
+		}
+	}
+}
+
+func (s *mxSession) endTx() {
+	if s.inTx {
+		s.inTx = false
+		s.m.active.Add(-1)
+	}
 }
 
 func (s *mxSession) AuthMechanisms() []string {
@@ -274,13 +291,13 @@ func (s *mxSession) Auth(mech string) (sasl.Server, error) {
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
-func (s *mxSession) Reset() { s.from, s.to = "", nil }
+func (s *mxSession) Reset() {
+	s.endTx()
+	s.from, s.to = "", nil
+}
 
 func (s *mxSession) Logout() error {
-	if !s.closed {
-		s.closed = true
-		s.m.active.Add(-1)
-	}
+	s.endTx()
 	return nil
 }
 
@@ -289,6 +306,7 @@ func (s *mxSession) Mail(from string, _ *smtp.MailOptions) error {
 		return smtp.ErrAuthRequired
 	}
 	s.from = from
+	s.beginTx()
 	return nil
 }
 
@@ -310,6 +328,7 @@ func (s *mxSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (s *mxSession) Data(r io.Reader) error {
+	defer s.endTx()
 	data, err := io.ReadAll(r)
 	if err != nil {
 		return err
