@@ -196,6 +196,16 @@ func (a *App) Start() error {
 	return nil
 }
 
+// isOwnHostname reports whether name (lower-case) is a server's hostname.
+func (a *App) isOwnHostname(name string) bool {
+	for _, srv := range a.Servers {
+		if strings.EqualFold(strings.TrimSuffix(srv.Hostname, "."), name) {
+			return true
+		}
+	}
+	return false
+}
+
 // manageCertificates has the tls app manage the servers' hostnames, all in
 // one call (servers often share a hostname), after the listeners are bound.
 func (a *App) manageCertificates() error {

@@ -1,6 +1,7 @@
 package smtpapp
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -151,7 +152,8 @@ func (l *listener) Close() error {
 func (l *listener) admit(raw net.Conn) {
 	srv := l.srv
 	lim := srv.Limits.withDefaults()
-	nc := &netConn{Conn: raw, readTimeout: time.Duration(lim.ReadTimeout), inspect: true, startTLS: srv.smtp.TLSConfig != nil}
+	nc := &netConn{Conn: raw, readTimeout: time.Duration(lim.ReadTimeout), writeTimeout: time.Duration(lim.WriteTimeout),
+		inspect: true, startTLS: srv.smtp.TLSConfig != nil}
 	nc.deadline = time.Now().Add(time.Duration(lim.SessionTimeout))
 	c := srv.newConn(nc)
 	srv.metrics.accepted.WithLabelValues(srv.name).Inc()
@@ -216,12 +218,13 @@ func formatReply(e *Error) string {
 // bare CR or LF, which go-smtp's line reader would otherwise accept.
 type netConn struct {
 	net.Conn
-	conn        *Conn
-	readTimeout time.Duration
-	deadline    time.Time
-	closing     atomic.Bool
-	bareEOL     atomic.Bool
-	inData      atomic.Bool // a message body is being read
+	conn         *Conn
+	readTimeout  time.Duration
+	writeTimeout time.Duration
+	deadline     time.Time
+	closing      atomic.Bool
+	bareEOL      atomic.Bool
+	inData       atomic.Bool // a message body is being read
 
 	// Stream inspection, only while the stream is plaintext.
 	inspect     bool
@@ -252,10 +255,17 @@ func (n *netConn) Read(b []byte) (int, error) {
 	return k, err
 }
 
-// Write watches the replies while the stream is plaintext.
+// Write watches the replies while the stream is plaintext. go-smtp's 220
+// to STARTTLS ends that: what follows, both ways, is TLS.
 func (n *netConn) Write(b []byte) (int, error) {
 	if n.inspect && n.conn != nil {
 		n.conn.observeReplies(b)
+		if n.writeTimeout > 0 { // an event hook may have waited (a tarpit)
+			n.Conn.SetWriteDeadline(time.Now().Add(n.writeTimeout))
+		}
+		if n.sawSTARTTLS && bytes.HasPrefix(b, []byte("220 ")) {
+			n.inspect = false
+		}
 	}
 	return n.Conn.Write(b)
 }
@@ -263,21 +273,16 @@ func (n *netConn) Write(b []byte) (int, error) {
 // SetReadDeadline is a no-op: Read sets the deadline itself.
 func (n *netConn) SetReadDeadline(time.Time) error { return nil }
 
-// scan flags bare CR/LF. Inspection stops when a TLS handshake record
-// (0x16, never at the start of an SMTP line) starts a line after a
-// STARTTLS line: from there on the stream is TLS. Lines pipelined between
-// the two (an injection attempt) are still inspected; go-smtp drops them.
+// scan flags bare CR/LF, and notes a STARTTLS command line (outside a
+// message body): Write stops the inspection when go-smtp accepts it.
 func (n *netConn) scan(b []byte) {
 	for _, ch := range b {
-		if n.lineLen == 0 && ch == 0x16 && n.sawSTARTTLS {
-			n.inspect = false
-			return
-		}
 		if n.prevCR && ch != '\n' || ch == '\n' && !n.prevCR {
 			n.flagBareEOL()
 		}
 		if ch == '\n' {
-			if n.startTLS && n.lineLen >= 8 && isSTARTTLS(n.line[:]) {
+			// Exactly "STARTTLS" CR LF (the length counts the CR).
+			if n.startTLS && n.lineLen == 9 && isSTARTTLS(n.line[:]) && !n.inData.Load() {
 				n.sawSTARTTLS = true
 			}
 			n.lineLen = 0
@@ -345,6 +350,9 @@ func (t *tlsPlain) SetReadDeadline(time.Time) error { return nil }
 
 func (t *tlsPlain) Write(b []byte) (int, error) {
 	t.nc.conn.observeReplies(b)
+	if t.nc.writeTimeout > 0 { // a tarpit may have waited
+		t.Conn.SetWriteDeadline(time.Now().Add(t.nc.writeTimeout))
+	}
 	return t.Conn.Write(b)
 }
 

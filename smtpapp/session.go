@@ -239,7 +239,13 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error { return ss.c
 
 func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error { return ss.c.own(ss.rcpt(to)) }
 
-func (ss *session) Data(r io.Reader) error { return ss.c.own(ss.data(r)) }
+func (ss *session) Data(r io.Reader) error {
+	err := ss.data(r)
+	if errors.Is(err, smtp.ErrDataReset) {
+		return err // BDAT cut short by RSET: go-smtp writes no reply for it
+	}
+	return ss.c.own(err)
+}
 
 func (ss *session) mail(from string) error {
 	if err := ss.check(); err != nil {
@@ -387,7 +393,7 @@ func (ss *session) data(r io.Reader) error {
 			hops++
 			return false
 		}
-		return bytes.EqualFold(name, []byte("Authentication-Results")) && strings.EqualFold(authservID(string(value)), srv.Hostname)
+		return bytes.EqualFold(name, []byte("Authentication-Results")) && srv.app.isOwnHostname(authservID(string(value)))
 	}); err != nil {
 		if errors.Is(err, errHeaderTooLarge) {
 			c.logger.Info("refused", zap.String("stage", "data"), zap.String("reason", "header section too large"))
@@ -426,8 +432,9 @@ func (ss *session) data(r io.Reader) error {
 		c.logger.Error("delivery failed", zap.String("id", env.ID), zap.Error(err))
 		ss.logMessage(msg, "failed", err)
 		// A target that refused the message for good for every recipient
-		// says so with a 5xx; anything else is temporary.
-		if e := (*Error)(nil); errors.As(err, &e) && e.Code/100 == 5 {
+		// says so with a bare 5xx *Error; anything else (a 5xx wrapped in
+		// another failure included) is temporary.
+		if e, ok := err.(*Error); ok && e.Code/100 == 5 {
 			return e
 		}
 		return replyDeliveryFailed
@@ -451,27 +458,51 @@ func commentSafe(s string) string {
 	return string(b)
 }
 
-// authservID is the authserv-id of an Authentication-Results value (as
-// written: white space and folding before it are skipped).
+// authservID is the authserv-id of an Authentication-Results value:
+// comments (nested, with escapes) and white space skipped, a quoted string
+// unquoted, a trailing dot dropped, lower-cased.
 func authservID(value string) string {
-	id, _, _ := strings.Cut(value, ";")
-	id = strings.TrimLeft(id, " \t\r\n")
-	for strings.HasPrefix(id, "(") { // a comment before it (CFWS)
-		end := strings.IndexByte(id, ')')
-		if end < 0 {
-			return ""
+	var id strings.Builder
+	depth, quoted := 0, false
+	for i := 0; i < len(value); i++ {
+		ch := value[i]
+		switch {
+		case ch == '\\' && (depth > 0 || quoted) && i+1 < len(value):
+			i++
+			if depth == 0 {
+				id.WriteByte(value[i])
+			}
+		case depth > 0:
+			switch ch {
+			case '(':
+				depth++
+			case ')':
+				depth--
+			}
+		case ch == '"':
+			quoted = !quoted
+		case quoted:
+			id.WriteByte(ch)
+		case ch == '(':
+			depth = 1
+		case ch == ';':
+			i = len(value)
+		case ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n':
+			if id.Len() > 0 { // the id ends; a version may follow
+				i = len(value)
+			}
+		default:
+			id.WriteByte(ch)
 		}
-		id = strings.TrimLeft(id[end+1:], " \t\r\n")
 	}
-	if i := strings.IndexAny(id, " \t\r\n("); i >= 0 {
-		id = id[:i]
-	}
-	return id
+	return strings.ToLower(strings.TrimSuffix(id.String(), "."))
 }
 
 func (ss *session) dataError(err error) error {
 	c := ss.c
 	switch {
+	case errors.Is(err, smtp.ErrDataReset):
+		return err // BDAT cut short by RSET: no reply is written for it
 	case errors.Is(err, errBareLineEnd):
 		c.logger.Info("refused", zap.String("stage", "data"), zap.String("reason", "bare CR or LF in message"))
 		ss.srv.metrics.refused(ss.srv.name, "data", "", "bare_line_end")
@@ -595,7 +626,19 @@ func (ss *session) deliver(env *Envelope, msg *Message) error {
 			defer abort()
 			commit = c
 		} else if err := app.localDelivery.Deliver(ctx, &e, msg); err != nil {
+			// Every local recipient refused for good, but remote ones
+			// remain: those still get the message, the others a bounce.
+			if refused, ok := err.(*Error); ok && refused.Code/100 == 5 && len(remote) > 0 {
+				failed := make([]FailedRecipient, len(local))
+				for i, r := range local {
+					failed[i] = FailedRecipient{Recipient: r, Reply: refused}
+				}
+				err = &PartialFailure{Failed: failed}
+			}
 			if err := ss.bounceFailed(ctx, &e, msg, err); err != nil {
+				if refused, ok := err.(*Error); ok && refused.Code/100 == 5 {
+					return refused // every recipient refused for good
+				}
 				return fmt.Errorf("local delivery: %w", err)
 			}
 		}
@@ -630,7 +673,11 @@ func (ss *session) bounceFailed(ctx context.Context, env *Envelope, msg *Message
 	}
 	b, ok := ss.srv.app.outbound.(Bouncer)
 	if !ok {
-		return err
+		// The others have their copy: a 451 would make the client send it
+		// again and again. Accept, and say loudly who did not get it.
+		ss.c.logger.Error("no outbound queue to bounce through: the sender is not told about the refused recipients",
+			zap.String("id", env.ID), zap.String("from", env.From))
+		return nil
 	}
 	return b.Bounce(ctx, env, msg, pf.Failed)
 }

@@ -150,6 +150,11 @@ func (l *LMTP) Deliver(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp.
 	var lerr smtp.LMTPDataError
 	switch {
 	case errors.As(err, &lerr):
+		if len(results)+len(lerr) != accepted {
+			// Some replies never came (the connection broke): those
+			// recipients' fate is unknown, so the whole delivery failed.
+			return fmt.Errorf("end of data: %w", err)
+		}
 		for rcpt, e := range lerr {
 			f, perr := permanent(byAddr[rcpt], e)
 			if perr != nil {
@@ -182,7 +187,8 @@ func permanent(r smtpapp.Recipient, err error) (smtpapp.FailedRecipient, error) 
 }
 
 // allFailed is the error for a message no recipient accepted: the first
-// permanent refusal, which the client gets as the reply to DATA.
+// permanent refusal, returned bare (unwrapped) so that the client gets it
+// as the reply to DATA.
 func allFailed(failed []smtpapp.FailedRecipient) error {
 	if len(failed) == 0 {
 		return fmt.Errorf("no local recipient")

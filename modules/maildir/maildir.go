@@ -193,20 +193,26 @@ func (m *Maildir) stage(dir string, env *smtpapp.Envelope, r smtpapp.Recipient, 
 		}
 		return openUnnamed(filepath.Join(dir, "tmp"))
 	}
-	f, err := open()
-	if os.IsNotExist(err) { // first message: create the Maildir
-		if err := ensureMaildir(dir); err != nil {
-			return nil, err
-		}
-		f, err = open()
-	}
-	if err != nil { // no O_TMPFILE here: the classic tmp/ file
+	openNamed := func() (*os.File, error) { // no O_TMPFILE: the classic tmp/ file
 		sf.tmp = filepath.Join(dir, "tmp", base)
-		f, err = os.OpenFile(sf.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
+		return os.OpenFile(sf.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	}
+	f, err := open()
+	if err != nil && !os.IsNotExist(err) {
+		f, err = openNamed()
+	}
+	if os.IsNotExist(err) { // first message: create the Maildir
+		if err := m.ensureMaildir(dir); err != nil {
 			return nil, err
 		}
-	} else {
+		if f, err = open(); err != nil {
+			f, err = openNamed()
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if sf.tmp == "" {
 		sf.f = f
 	}
 	head := "Return-Path: <" + env.From + ">\r\nDelivered-To: " + r.Address + "\r\n"
@@ -234,8 +240,16 @@ func (m *Maildir) stage(dir string, env *smtpapp.Envelope, r smtpapp.Recipient, 
 }
 
 // ensureMaildir creates the Maildir (and the Maildir++ marker for a
-// subfolder) if missing.
-func ensureMaildir(dir string) error {
+// subfolder) if missing, and syncs every folder it created and the one
+// above it, up to the root: the first message survives a crash too.
+func (m *Maildir) ensureMaildir(dir string) error {
+	var created []string
+	for p := dir; p != m.root && p != filepath.Dir(p); p = filepath.Dir(p) {
+		if _, err := os.Stat(p); err == nil {
+			break
+		}
+		created = append(created, p)
+	}
 	for _, sub := range []string{"tmp", "new", "cur"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return err
@@ -248,7 +262,16 @@ func ensureMaildir(dir string) error {
 		}
 		f.Close()
 	}
-	return syncDir(filepath.Dir(dir))
+	syncs := []string{dir}
+	for _, p := range created {
+		syncs = append(syncs, filepath.Dir(p))
+	}
+	for _, p := range syncs {
+		if err := syncDir(p); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func syncDir(dir string) error {
