@@ -66,31 +66,13 @@ func (ls *lmtpSession) LMTPData(r io.Reader, status smtp.StatusCollector) error 
 }
 
 func TestLMTPDelivery(t *testing.T) {
-	env := testenv.New(t)
-	sock := env.Path("lmtp.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	backend := startLMTP(t, ln)
+	w := newLMTPWorld(t)
+	backend := startLMTP(t, w.sock)
 	backend.refuse["bob@example.test"] = true
 
-	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	app := map[string]any{
-		"local_domains": []string{"example.test"},
-		"accounts": map[string]any{"provider": "static", "accounts": []any{
-			map[string]any{"address": "alice@example.test", "aliases": []string{"postmaster@example.test"}},
-			map[string]any{"address": "bob@example.test"},
-		}},
-		"local_delivery": map[string]any{"target": "lmtp", "address": "unix/" + sock},
-		"spool_dir":      env.Path("spool"),
-		"servers": map[string]any{"mx": map[string]any{
-			"listen": []string{addr}, "hostname": "mail.example.test", "tls": map[string]any{"disable_starttls": true},
-		}},
-	}
-	env.Load(env.Config(app, nil))
+	w.load(false)
 
-	c, _ := testenv.Dial(t, addr)
+	c, _ := testenv.Dial(t, w.addr)
 	c.Expect("EHLO client.example.org", 250)
 	c.StartMessage("sender@example.org", "postmaster@example.test")
 	c.Send("Subject: over lmtp\r\n\r\nhello\r\n.\r\n")
@@ -112,7 +94,12 @@ func TestLMTPDelivery(t *testing.T) {
 	}
 }
 
-func startLMTP(t *testing.T, ln net.Listener) *lmtpServer {
+// startLMTP starts the real LMTP server on the Unix socket sock.
+func startLMTP(t *testing.T, sock string) *lmtpServer {
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
 	backend := &lmtpServer{stored: map[string][]string{}, refuse: map[string]bool{}, full: map[string]bool{}}
 	srv := smtp.NewServer(backend)
 	srv.LMTP = true
@@ -127,30 +114,12 @@ func startLMTP(t *testing.T, ln net.Listener) *lmtpServer {
 // their copy and the client gets 250; a message refused for its only
 // recipient gets the server's 5xx.
 func TestLMTPRefusedForGood(t *testing.T) {
-	env := testenv.New(t)
-	sock := env.Path("lmtp.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	backend := startLMTP(t, ln)
+	w := newLMTPWorld(t)
+	backend := startLMTP(t, w.sock)
 	backend.full["carol@example.test"] = true
-	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	app := map[string]any{
-		"local_domains": []string{"example.test"},
-		"accounts": map[string]any{"provider": "static", "accounts": []any{
-			map[string]any{"address": "alice@example.test"}, map[string]any{"address": "bob@example.test"}, map[string]any{"address": "carol@example.test"},
-		}},
-		"local_delivery": map[string]any{"target": "lmtp", "address": "unix/" + sock},
-		"outbound":       map[string]any{"target": "queue", "path": env.Path("queue"), "dkim": map[string]any{"disable": true}},
-		"spool_dir":      env.Path("spool"),
-		"servers": map[string]any{"mx": map[string]any{
-			"listen": []string{addr}, "hostname": "mail.example.test", "tls": map[string]any{"disable_starttls": true},
-		}},
-	}
-	env.Load(env.Config(app, nil))
+	w.load(true)
 
-	c, _ := testenv.Dial(t, addr)
+	c, _ := testenv.Dial(t, w.addr)
 	c.Expect("EHLO client.example.org", 250)
 	c.StartMessage("alice@example.test", "bob@example.test", "carol@example.test")
 	c.Send("Subject: to bob and carol\r\n\r\nhello\r\n.\r\n")

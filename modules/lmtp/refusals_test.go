@@ -13,11 +13,31 @@ import (
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 )
 
+// lmtpWorld is a test's Caddy, the LMTP server's socket path and the
+// address of the MX that delivers to it.
+type lmtpWorld struct {
+	t          *testing.T
+	env        *testenv.Env
+	sock, addr string
+}
+
+func newLMTPWorld(t *testing.T) *lmtpWorld {
+	env := testenv.New(t)
+	return &lmtpWorld{t: t, env: env, sock: env.Path("lmtp.sock"), addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}
+}
+
+// load starts the MX: local delivery over LMTP, and with outbound the
+// queue (which bounces what LMTP refuses for good).
+func (w *lmtpWorld) load(outbound bool) {
+	w.env.Load(w.env.Config(lmtpApp(w.env, w.sock, w.addr, outbound), nil))
+}
+
 func lmtpApp(env *testenv.Env, sock, addr string, outbound bool) map[string]any {
 	app := map[string]any{
 		"local_domains": []string{"example.test"},
 		"accounts": map[string]any{"provider": "static", "accounts": []any{
-			map[string]any{"address": "alice@example.test"}, map[string]any{"address": "bob@example.test"}, map[string]any{"address": "carol@example.test"},
+			map[string]any{"address": "alice@example.test", "aliases": []string{"postmaster@example.test"}},
+			map[string]any{"address": "bob@example.test"}, map[string]any{"address": "carol@example.test"},
 		}},
 		"local_delivery": map[string]any{"target": "lmtp", "address": "unix/" + sock},
 		"spool_dir":      env.Path("spool"),
@@ -36,9 +56,8 @@ func lmtpApp(env *testenv.Env, sock, addr string, outbound bool) map[string]any 
 // An LMTP server that answers 250 for the first recipient, 552 for the
 // second, then drops the connection before the third reply.
 func TestLMTPDropAfterPartial(t *testing.T) {
-	env := testenv.New(t)
-	sock := env.Path("lmtp.sock")
-	ln, err := net.Listen("unix", sock)
+	world := newLMTPWorld(t)
+	ln, err := net.Listen("unix", world.sock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,9 +106,8 @@ func TestLMTPDropAfterPartial(t *testing.T) {
 			}(conn)
 		}
 	}()
-	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	env.Load(env.Config(lmtpApp(env, sock, addr, true), nil))
-	c, _ := testenv.Dial(t, addr)
+	world.load(true)
+	c, _ := testenv.Dial(t, world.addr)
 	c.Expect("EHLO client.example.org", 250)
 	c.StartMessage("sender@example.org", "alice@example.test", "carol@example.test", "bob@example.test")
 	c.Send("Subject: x\r\n\r\nhello\r\n.\r\n")
@@ -103,22 +121,16 @@ func TestLMTPDropAfterPartial(t *testing.T) {
 // Mixed local+remote: every local recipient refused for good gives the
 // client 250: the remote recipient is queued, the local one bounced.
 func TestMixedAllLocalRefused(t *testing.T) {
-	env := testenv.New(t)
-	sock := env.Path("lmtp.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	backend := startLMTP(t, ln)
+	w := newLMTPWorld(t)
+	backend := startLMTP(t, w.sock)
 	backend.full["carol@example.test"] = true
-	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	env.Load(env.Config(lmtpApp(env, sock, addr, true), nil))
-	c, _ := testenv.Dial(t, addr)
+	w.load(true)
+	c, _ := testenv.Dial(t, w.addr)
 	c.Expect("EHLO client.example.org", 250)
 	c.StartMessage("sender@example.org", "carol@example.test", "someone@example.org")
 	c.Send("Subject: x\r\n\r\nhello\r\n.\r\n")
 	r := c.Read()
-	entries, _ := os.ReadDir(filepath.Join(env.Path("queue"), "queue"))
+	entries, _ := os.ReadDir(filepath.Join(w.env.Path("queue"), "queue"))
 	// The remote recipient is queued, carol's refusal bounced: 250.
 	if r.Code != 250 || len(entries) < 1 {
 		t.Fatalf("reply %s, %d queue entries: the remote recipient must still be queued", r, len(entries))
@@ -129,17 +141,11 @@ func TestMixedAllLocalRefused(t *testing.T) {
 // message is accepted (250) rather than 451, which would have the client
 // send it again and again.
 func TestPartialNoBouncerAccepts(t *testing.T) {
-	env := testenv.New(t)
-	sock := env.Path("lmtp.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	backend := startLMTP(t, ln)
+	w := newLMTPWorld(t)
+	backend := startLMTP(t, w.sock)
 	backend.full["carol@example.test"] = true
-	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	env.Load(env.Config(lmtpApp(env, sock, addr, false), nil))
-	c, _ := testenv.Dial(t, addr)
+	w.load(false)
+	c, _ := testenv.Dial(t, w.addr)
 	c.Expect("EHLO client.example.org", 250)
 	c.StartMessage("sender@example.org", "bob@example.test", "carol@example.test")
 	c.Send("Subject: x\r\n\r\nhello\r\n.\r\n")
