@@ -239,10 +239,10 @@ func (h *Ban) Connect(ctx context.Context, c *smtpapp.Conn) error {
 		return nil
 	}
 	if contains(h.block, ip) {
-		return smtpapp.Errorf(554, [3]int{5, 7, 1}, "Access denied: "+ip.String()+" is blocked")
+		return smtpapp.Refuse(554, [3]int{5, 7, 1}, "blocked", "Access denied: "+ip.String()+" is blocked")
 	}
 	if b := h.banned(ctx, c); b != nil {
-		return smtpapp.Errorf(554, [3]int{5, 7, 1}, "Access denied: "+b.Network+" is banned for abuse until "+b.Until.UTC().Format(time.RFC3339))
+		return smtpapp.Refuse(554, [3]int{5, 7, 1}, "banned", "Access denied: "+b.Network+" is banned for abuse until "+b.Until.UTC().Format(time.RFC3339))
 	}
 	return nil
 }
@@ -253,7 +253,7 @@ func (h *Ban) inSession(ctx context.Context, c *smtpapp.Conn) error {
 		return nil
 	}
 	if b := h.banned(ctx, c); b != nil {
-		return smtpapp.Errorf(421, [3]int{4, 7, 1}, "Access denied: "+b.Network+" is banned for abuse, closing connection")
+		return smtpapp.Refuse(421, [3]int{4, 7, 1}, "banned", "Access denied: "+b.Network+" is banned for abuse, closing connection")
 	}
 	return nil
 }

@@ -240,7 +240,7 @@ func (h *RateLimit) take(ctx context.Context, name string, r *Rate, who string, 
 func (h *RateLimit) refuse(c *smtpapp.Conn, name, who string, code int, enh [3]int, msg string) error {
 	refusals.WithLabelValues(h.Zone, name).Inc()
 	record(Refusal{Time: time.Now(), Server: c.ServerName(), Zone: h.Zone, Limit: name, Client: who, RemoteIP: c.RemoteIP().String(), Code: code})
-	return smtpapp.Errorf(code, enh, msg)
+	return smtpapp.Refuse(code, enh, name, msg)
 }
 
 func describe(r *Rate) string {

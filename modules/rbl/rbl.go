@@ -291,7 +291,7 @@ type pending struct {
 // decision is what the listings of one client come to.
 type decision struct {
 	scores []smtpapp.ScoreReason
-	reject *smtpapp.Error
+	reject error
 }
 
 // Connect starts the lookups; it does not wait for them.
@@ -454,11 +454,11 @@ func (r *RBL) decide(ctx context.Context, c *smtpapp.Conn, p *pending) *decision
 		if reason := cleanReason(rejectTXT); reason != "" {
 			msg += "; " + reason
 		}
-		d.reject = smtpapp.Errorf(554, [3]int{5, 7, 1}, msg)
+		d.reject = smtpapp.Refuse(554, [3]int{5, 7, 1}, "listed", msg)
 		action = "reject"
 		metricRejections.WithLabelValues(rejectZone.name).Inc()
 	case r.RejectThreshold > 0 && total >= r.RejectThreshold:
-		d.reject = smtpapp.Errorf(554, [3]int{5, 7, 1}, fmt.Sprintf("Service unavailable; client [%s] blocked using %s",
+		d.reject = smtpapp.Refuse(554, [3]int{5, 7, 1}, "listed", fmt.Sprintf("Service unavailable; client [%s] blocked using %s",
 			p.ip, strings.Join(listedIn, ", ")))
 		action = "reject (threshold)"
 		metricRejections.WithLabelValues("threshold").Inc()

@@ -151,7 +151,7 @@ func (h *Tarpit) Connect(ctx context.Context, c *smtpapp.Conn) error {
 	switch {
 	case early:
 		earlyTalkers.Inc()
-		return smtpapp.Errorf(554, [3]int{5, 5, 1}, "Protocol error: talking before the greeting")
+		return smtpapp.Refuse(554, [3]int{5, 5, 1}, "early_talker", "Protocol error: talking before the greeting")
 	case ctx.Err() != nil:
 		return replyTimeout
 	case err != nil:

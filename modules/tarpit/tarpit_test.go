@@ -62,7 +62,7 @@ func timed(f func()) time.Duration {
 func TestEarlyTalker(t *testing.T) {
 	env, addr := start(t, []any{tp(map[string]any{"greeting_delay": "300ms", "exempt": []string{"127.0.0.3"}})})
 	earlyBefore := abusetest.MetricValue(t, env, "caddy_smtp_tarpit_early_talkers_total")
-	refusedBefore := abusetest.MetricValue(t, env, "caddy_smtp_refusals_total", `module="smtp.handlers.tarpit"`, `reason="554"`)
+	refusedBefore := abusetest.MetricValue(t, env, "caddy_smtp_refusals_total", `module="smtp.handlers.tarpit"`, `reason="early_talker"`)
 
 	// A bot that talks first is refused and disconnected.
 	bot := abusetest.DialFrom(t, "127.0.0.1", addr)
@@ -94,7 +94,7 @@ func TestEarlyTalker(t *testing.T) {
 	if d := abusetest.MetricValue(t, env, "caddy_smtp_tarpit_early_talkers_total") - earlyBefore; d != 1 {
 		t.Errorf("early talker metric grew by %v, want 1", d)
 	}
-	if d := abusetest.MetricValue(t, env, "caddy_smtp_refusals_total", `module="smtp.handlers.tarpit"`, `reason="554"`) - refusedBefore; d != 1 {
+	if d := abusetest.MetricValue(t, env, "caddy_smtp_refusals_total", `module="smtp.handlers.tarpit"`, `reason="early_talker"`) - refusedBefore; d != 1 {
 		t.Errorf("refusal metric grew by %v, want 1", d)
 	}
 }
