@@ -258,9 +258,6 @@ func (a *App) LookupMailbox(ctx context.Context, addr Address) (string, error) {
 // Resolver is the app's DNS resolver, shared by the modules.
 func (a *App) DNS() *Resolver { return a.resolver }
 
-// Accounts returns the accounts provider, or nil.
-func (a *App) Accounts() Accounts { return a.accounts }
-
 // LocalDelivery returns the target that stores mail for local mailboxes.
 func (a *App) LocalDelivery() DeliveryTarget { return a.localDelivery }
 

@@ -114,9 +114,6 @@ func (c *Conn) Trusted() bool { return c.server.trustedIP(c.remote.Addr()) }
 // Deadline is when the session limit ends the connection.
 func (c *Conn) Deadline() time.Time { return c.net.deadline }
 
-// Started is when the client connected.
-func (c *Conn) Started() time.Time { return c.start }
-
 // Helo is the name the client gave in HELO/EHLO.
 func (c *Conn) Helo() string { c.mu.Lock(); defer c.mu.Unlock(); return c.helo }
 

@@ -110,30 +110,26 @@ func (r *Resolver) Query(ctx context.Context, name string, qtype uint16) (*dns.M
 }
 
 // records queries and returns the answer RRs of type qtype, or ErrNotFound.
-func (r *Resolver) records(ctx context.Context, name string, qtype uint16) ([]dns.RR, uint32, error) {
+func (r *Resolver) records(ctx context.Context, name string, qtype uint16) ([]dns.RR, error) {
 	in, err := r.Query(ctx, name, qtype)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	var out []dns.RR
-	ttl := uint32(0)
 	for _, rr := range in.Answer {
 		if rr.Header().Rrtype == qtype {
-			if ttl == 0 || rr.Header().Ttl < ttl {
-				ttl = rr.Header().Ttl
-			}
 			out = append(out, rr)
 		}
 	}
 	if len(out) == 0 {
-		return nil, 0, ErrNotFound
+		return nil, ErrNotFound
 	}
-	return out, ttl, nil
+	return out, nil
 }
 
 // LookupMX returns the MX records of domain sorted by preference.
 func (r *Resolver) LookupMX(ctx context.Context, domain string) ([]*net.MX, error) {
-	rrs, _, err := r.records(ctx, domain, dns.TypeMX)
+	rrs, err := r.records(ctx, domain, dns.TypeMX)
 	if err != nil {
 		return nil, err
 	}
@@ -154,7 +150,7 @@ func (r *Resolver) LookupIP(ctx context.Context, host string) ([]netip.Addr, err
 	var out []netip.Addr
 	var firstErr error
 	for _, t := range []uint16{dns.TypeA, dns.TypeAAAA} {
-		rrs, _, err := r.records(ctx, host, t)
+		rrs, err := r.records(ctx, host, t)
 		if err != nil {
 			if !errors.Is(err, ErrNotFound) && firstErr == nil {
 				firstErr = err
@@ -186,7 +182,7 @@ func (r *Resolver) LookupIP(ctx context.Context, host string) ([]netip.Addr, err
 // LookupTXT returns the TXT strings of name (each record's strings joined
 // and unescaped).
 func (r *Resolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
-	rrs, _, err := r.records(ctx, name, dns.TypeTXT)
+	rrs, err := r.records(ctx, name, dns.TypeTXT)
 	if err != nil {
 		return nil, err
 	}
@@ -197,28 +193,13 @@ func (r *Resolver) LookupTXT(ctx context.Context, name string) ([]string, error)
 	return out, nil
 }
 
-// LookupA returns the IPv4 answers of name and the smallest TTL (for DNSBLs).
-func (r *Resolver) LookupA(ctx context.Context, name string) ([]netip.Addr, time.Duration, error) {
-	rrs, ttl, err := r.records(ctx, name, dns.TypeA)
-	if err != nil {
-		return nil, 0, err
-	}
-	out := make([]netip.Addr, 0, len(rrs))
-	for _, rr := range rrs {
-		if ip, ok := netip.AddrFromSlice(rr.(*dns.A).A.To4()); ok {
-			out = append(out, ip)
-		}
-	}
-	return out, time.Duration(ttl) * time.Second, nil
-}
-
 // LookupPTR returns the names that ip's reverse record points to.
 func (r *Resolver) LookupPTR(ctx context.Context, ip netip.Addr) ([]string, error) {
 	rev, err := dns.ReverseAddr(ip.String())
 	if err != nil {
 		return nil, err
 	}
-	rrs, _, err := r.records(ctx, rev, dns.TypePTR)
+	rrs, err := r.records(ctx, rev, dns.TypePTR)
 	if err != nil {
 		return nil, err
 	}
