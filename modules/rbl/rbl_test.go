@@ -295,14 +295,16 @@ func TestAuthenticatedNotChecked(t *testing.T) {
 			}}}
 		})
 	if !testenv.WaitFor(10*time.Second, func() bool {
-		_, err := os.Stat(s.env.Path("caddy", "certificates", "local", "mail.example.test", "mail.example.test.crt"))
+		_, err := os.Stat(s.env.Path("caddy", "pki", "authorities", "local", "root.crt"))
 		return err == nil
 	}) {
-		t.Fatal("no certificate issued")
+		t.Fatal("no internal CA")
 	}
+	tlsConfig := &tls.Config{RootCAs: s.env.RootCAs(), ServerName: "mail.example.test"}
+	testenv.WaitForCertificate(t, s.addr, tlsConfig) // issued and in use
 	c, _ := testenv.DialFrom(t, "127.0.0.50", s.addr)
 	c.Expect("EHLO client.example.org", 250)
-	c.StartTLS(&tls.Config{RootCAs: s.env.RootCAs(), ServerName: "mail.example.test"})
+	c.StartTLS(tlsConfig)
 	c.Expect("EHLO client.example.org", 250)
 	c.Expect("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00alice@example.test\x00demo-alice")), 235)
 	c.Expect("MAIL FROM:<alice@example.test>", 250)
