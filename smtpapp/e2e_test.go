@@ -412,6 +412,7 @@ func TestReloadDuringData(t *testing.T) {
 	if len(failures) > 0 || attempts == 0 {
 		t.Fatalf("%d of %d connections failed during the reload: %v", len(failures), attempts, failures)
 	}
+	t.Logf("%d connections around the reload, all greeted", attempts)
 	n, _ := testenv.Dial(t, addr)
 	n.Expect("EHLO client.example.org", 250)
 	n.Expect("MAIL FROM:<sender@example.org>", 250)
