@@ -45,6 +45,7 @@ type Conn struct {
 	rcpts     []Recipient
 	inMail    bool
 	authFails int
+	spf       *SPFResult // the transaction's SPF result (spf handler)
 
 	ownReplies     atomic.Int32 // our error replies not yet written
 	replyLineStart bool         // observeReplies is at the start of a line
@@ -247,6 +248,7 @@ func (c *Conn) resetTransaction() {
 	c.rcpts = nil
 	c.msgScore = Score{}
 	c.inMail = false
+	c.spf = nil
 }
 
 // finish runs the close hooks once.
