@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"go.uber.org/zap"
 )
@@ -60,6 +62,12 @@ type App struct {
 	// are checked. Default: smtp/spool under Caddy's data directory.
 	SpoolDir string `json:"spool_dir,omitempty"`
 
+	// BodyMemory is how many bytes of message bodies all sessions may hold
+	// in memory together; past it, bodies go to SpoolDir at once (one body
+	// keeps at most 128 KiB in memory in any case). Header sections being
+	// parsed count too. Default: 64 MiB.
+	BodyMemory int64 `json:"body_memory,omitempty"`
+
 	ctx           caddy.Context
 	logger        *zap.Logger
 	accounts      Accounts
@@ -68,6 +76,9 @@ type App struct {
 	localDomains  map[string]bool
 	resolver      *Resolver
 	internalNames map[string]bool // hostnames given an internal-CA policy
+	router        *router
+	bodyMemory    *memoryBudget
+	authFailures  *authFailures
 }
 
 // CaddyModule returns the Caddy module information.
@@ -110,8 +121,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.accounts = mod.(Accounts)
 	}
 	if a.LocalDeliveryRaw == nil {
-		a.LocalDeliveryRaw = json.RawMessage(`{"target":"maildir","root":` +
-			jsonString(filepath.Join(caddy.AppDataDir(), "smtp", "maildir")) + `}`)
+		a.LocalDeliveryRaw = caddyconfig.JSONModuleObject(
+			map[string]string{"root": filepath.Join(caddy.AppDataDir(), "smtp", "maildir")}, "target", "maildir", nil)
 	}
 	mod, err := ctx.LoadModule(a, "LocalDeliveryRaw")
 	if err != nil {
@@ -134,6 +145,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.GracePeriod == 0 {
 		a.GracePeriod = caddy.Duration(5 * time.Minute)
 	}
+	if a.BodyMemory < 0 {
+		return fmt.Errorf("body_memory: must not be negative")
+	}
+	if a.BodyMemory == 0 {
+		a.BodyMemory = 64 << 20
+	}
+	a.bodyMemory = newMemoryBudget(a.BodyMemory)
+	a.router = &router{local: a.localDelivery, outbound: a.outbound}
 	if len(a.Servers) == 0 {
 		return fmt.Errorf("servers: at least one server is required")
 	}
@@ -141,6 +160,24 @@ func (a *App) Provision(ctx caddy.Context) error {
 		if err := srv.provision(ctx, a, name); err != nil {
 			return fmt.Errorf("servers.%s: %v", name, err)
 		}
+	}
+	// One table for the app: a client's failures count on every port.
+	lim := a.Servers[slices.Sorted(maps.Keys(a.Servers))[0]].limits
+	if a.authFailures, err = loadAuthFailures("auth", lim.MaxAuthFailuresPerIP, time.Duration(lim.AuthFailureWindow)); err != nil {
+		return fmt.Errorf("auth failures: %v", err)
+	}
+	return nil
+}
+
+// Cleanup releases the state kept across reloads (see Provision).
+func (a *App) Cleanup() error {
+	for name, srv := range a.Servers {
+		if srv.ceiling != nil {
+			ceilings.Delete(name)
+		}
+	}
+	if a.authFailures != nil {
+		authFailurePools.Delete("auth")
 	}
 	return nil
 }
@@ -196,14 +233,35 @@ func (a *App) Start() error {
 	return nil
 }
 
-// isOwnHostname reports whether name (lower-case) is a server's hostname.
-func (a *App) isOwnHostname(name string) bool {
+// isOwnName reports whether name (lower-case) is a server's hostname or a
+// local domain: a header field claiming it was made here.
+func (a *App) isOwnName(name string) bool {
+	if name == "" {
+		return false
+	}
+	if a.localDomains[name] {
+		return true
+	}
 	for _, srv := range a.Servers {
 		if strings.EqualFold(strings.TrimSuffix(srv.Hostname, "."), name) {
 			return true
 		}
 	}
 	return false
+}
+
+// postmasterDomain is the domain that a bare <postmaster> recipient is
+// taken to mean: the postmaster account's, else the first local domain.
+func (a *App) postmasterDomain() string {
+	if a.Postmaster != "" {
+		if pm, err := ParseAddress(a.Postmaster); err == nil {
+			return pm.Domain
+		}
+	}
+	if len(a.localDomains) == 0 {
+		return ""
+	}
+	return slices.Sorted(maps.Keys(a.localDomains))[0]
 }
 
 // manageCertificates has the tls app manage the servers' hostnames, all in
@@ -242,15 +300,15 @@ func (a *App) LookupMailbox(ctx context.Context, addr Address) (string, error) {
 	if a.accounts == nil {
 		return "", ErrNoSuchUser
 	}
-	full := lowerASCII(addr.Local) + "@" + addr.Domain
+	full := strings.ToLower(addr.Local) + "@" + addr.Domain
 	mb, err := a.accounts.Lookup(ctx, full)
 	if err == ErrNoSuchUser {
 		if base := StripSubaddress(addr.Local); base != addr.Local {
-			mb, err = a.accounts.Lookup(ctx, lowerASCII(base)+"@"+addr.Domain)
+			mb, err = a.accounts.Lookup(ctx, strings.ToLower(base)+"@"+addr.Domain)
 		}
 	}
 	if err == ErrNoSuchUser && a.Postmaster != "" && strings.EqualFold(StripSubaddress(addr.Local), "postmaster") {
-		return a.accounts.Lookup(ctx, lowerASCII(a.Postmaster))
+		return a.accounts.Lookup(ctx, strings.ToLower(a.Postmaster))
 	}
 	return mb, err
 }
@@ -261,11 +319,20 @@ func (a *App) DNS() *Resolver { return a.resolver }
 // LocalDelivery returns the target that stores mail for local mailboxes.
 func (a *App) LocalDelivery() DeliveryTarget { return a.localDelivery }
 
-func jsonString(s string) string { b, _ := json.Marshal(s); return string(b) }
+type appCtxKey struct{}
+
+// AppFrom returns the smtp app that is loading the module whose Provision
+// gets ctx (modules use it for the resolver, the local domains and the
+// local delivery target), or nil outside the smtp app.
+func AppFrom(ctx caddy.Context) *App {
+	a, _ := ctx.Value(appCtxKey{}).(*App)
+	return a
+}
 
 // Interface guards
 var (
-	_ caddy.App         = (*App)(nil)
-	_ caddy.Provisioner = (*App)(nil)
-	_ caddy.Validator   = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
 )

@@ -1,25 +1,23 @@
 package smtpapp
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base32"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 )
 
 // Conn is the state of one client connection, shared by every hook. It
-// outlives STARTTLS (which starts a new go-smtp session on the same Conn).
+// lives as long as the connection; STARTTLS clears what the client said
+// before it (RFC 3207 4.2).
 type Conn struct {
 	// ID identifies the connection in logs and in the Received header.
 	ID string
@@ -31,25 +29,26 @@ type Conn struct {
 	remote netip.AddrPort
 	local  netip.AddrPort
 	logger *zap.Logger
-	net    *netConn
+	wire   *wire
 
-	mu        sync.Mutex
-	helo      string
-	tlsState  *tls.ConnectionState
-	account   string
-	errors    int
-	connScore Score // points given for the connection (RBL, HELO)
-	msgScore  Score // points given for the current message
-	values    map[string]any
-	from      string
-	rcpts     []Recipient
-	inMail    bool
-	authFails int
-	spf       *SPFResult // the transaction's SPF result (spf handler)
+	mu           sync.Mutex
+	connected    bool // the connect stage is over
+	helo         string
+	tlsState     *tls.ConnectionState
+	account      string
+	errors       int
+	connectScore Score // points for the client's address (RBL), given at connect
+	sessionScore Score // points for what it said before MAIL (HELO)
+	msgScore     Score // points for the current message
+	values       map[string]any
+	lateKeys     map[string]bool // values set after the connect stage
+	from         string
+	rcpts        []Recipient
+	inMail       bool
+	authFails    int
+	spf          *SPFResult // the transaction's SPF result (spf handler)
 
-	ownReplies     atomic.Int32 // our error replies not yet written
-	replyLineStart bool         // observeReplies is at the start of a line
-	closeOnce      sync.Once
+	closeOnce sync.Once
 }
 
 // ScoreReason is one contribution to a spam score.
@@ -113,7 +112,7 @@ func (c *Conn) Logger() *zap.Logger { return c.logger }
 func (c *Conn) Trusted() bool { return c.server.trustedIP(c.remote.Addr()) }
 
 // Deadline is when the session limit ends the connection.
-func (c *Conn) Deadline() time.Time { return c.net.deadline }
+func (c *Conn) Deadline() time.Time { return c.wire.deadline }
 
 // Helo is the name the client gave in HELO/EHLO.
 func (c *Conn) Helo() string { c.mu.Lock(); defer c.mu.Unlock(); return c.helo }
@@ -137,16 +136,19 @@ func (c *Conn) Recipients() []Recipient {
 	return append([]Recipient(nil), c.rcpts...)
 }
 
-// AddScore adds points (negative for good signs) to the spam score: to the
-// connection's before MAIL, to the current message's after it.
+// AddScore adds points (negative for good signs) to the spam score: to
+// the connection's before MAIL, to the current message's after it.
 func (c *Conn) AddScore(module string, points float64, reason string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r := ScoreReason{Module: module, Points: points, Reason: reason}
-	if !c.inMail {
-		c.connScore.add(r)
-	} else {
+	switch {
+	case c.inMail:
 		c.msgScore.add(r)
+	case !c.connected:
+		c.connectScore.add(r)
+	default:
+		c.sessionScore.add(r)
 	}
 }
 
@@ -154,17 +156,27 @@ func (c *Conn) AddScore(module string, points float64, reason string) {
 func (c *Conn) Score() Score {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := Score{Total: c.connScore.Total + c.msgScore.Total}
-	s.Reasons = append(append(s.Reasons, c.connScore.Reasons...), c.msgScore.Reasons...)
+	var s Score
+	for _, part := range []*Score{&c.connectScore, &c.sessionScore, &c.msgScore} {
+		s.Total += part.Total
+		s.Reasons = append(s.Reasons, part.Reasons...)
+	}
 	return s
 }
 
-// Set stores a module's per-connection value.
+// Set stores a module's per-connection value. A value first set after
+// the connect stage is about what the client said, and STARTTLS drops it.
 func (c *Conn) Set(key string, v any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.values == nil {
 		c.values = make(map[string]any)
+	}
+	if _, ok := c.values[key]; !ok && c.connected {
+		if c.lateKeys == nil {
+			c.lateKeys = make(map[string]bool)
+		}
+		c.lateKeys[key] = true
 	}
 	c.values[key] = v
 }
@@ -175,57 +187,10 @@ func (c *Conn) Get(key string) any { c.mu.Lock(); defer c.mu.Unlock(); return c.
 // Emit tells the event hooks about ev.
 func (c *Conn) Emit(ev Event) {
 	c.server.metrics.event(c.server.name, ev)
-	for _, h := range c.server.eventHooks {
+	for _, h := range c.server.hooks.events {
 		h.Event(c, ev)
 	}
 }
-
-// own marks err as one of our replies (an error the session returns to
-// go-smtp, which writes it): observeReplies then does not count it again.
-func (c *Conn) own(err error) error {
-	if err == nil {
-		return nil
-	}
-	var e *Error
-	if errors.As(err, &e) && e.Code < 400 {
-		return err
-	}
-	c.ownReplies.Add(1)
-	return err
-}
-
-// observeReplies looks at the replies written to the client (where they
-// are plaintext to us): a 4xx or 5xx that is not ours comes from go-smtp
-// itself (unknown command, bad syntax, wrong sequence). It counts as an
-// error of the session and is reported as a protocol error to the event
-// hooks, before the reply is sent (so a tarpit can delay it).
-func (c *Conn) observeReplies(b []byte) {
-	for len(b) > 0 {
-		line := b
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			line, b = b[:i+1], b[i+1:]
-		} else {
-			b = nil
-		}
-		if c.replyLineStart && len(line) >= 4 && (line[0] == '4' || line[0] == '5') && line[3] == ' ' {
-			if c.ownReplies.Load() > 0 {
-				c.ownReplies.Add(-1)
-			} else if !c.net.closing.Load() {
-				code := string(line[:3])
-				c.logger.Debug("protocol error", zap.String("reply", string(bytes.TrimRight(line, "\r\n"))))
-				c.Emit(Event{Kind: EventProtocolError, Detail: "bad command (" + code + ")"})
-				if n := c.countError(); n >= c.server.Limits.withDefaults().MaxErrors {
-					c.logger.Info("closing: too many errors", zap.Int("errors", n))
-					c.closeAfterReply()
-				}
-			}
-		}
-		c.replyLineStart = line[len(line)-1] == '\n'
-	}
-}
-
-// closeAfterReply makes the connection end after the pending reply.
-func (c *Conn) closeAfterReply() { c.net.closing.Store(true) }
 
 func (c *Conn) countError() int {
 	c.mu.Lock()
@@ -241,6 +206,30 @@ func (c *Conn) countAuthFailure() int {
 	return c.authFails
 }
 
+// connectDone ends the connect stage: points given from now on are for
+// what the client says.
+func (c *Conn) connectDone() { c.mu.Lock(); c.connected = true; c.mu.Unlock() }
+
+func (c *Conn) setHelo(name string) { c.mu.Lock(); c.helo = name; c.mu.Unlock() }
+
+func (c *Conn) setTLS(st *tls.ConnectionState) { c.mu.Lock(); c.tlsState = st; c.mu.Unlock() }
+
+func (c *Conn) setAccount(a string) { c.mu.Lock(); c.account = a; c.mu.Unlock() }
+
+func (c *Conn) inTransaction() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.inMail }
+
+func (c *Conn) startTransaction(from string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.from, c.inMail = from, true
+}
+
+func (c *Conn) addRecipient(r Recipient) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rcpts = append(c.rcpts, r)
+}
+
 func (c *Conn) resetTransaction() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -251,13 +240,61 @@ func (c *Conn) resetTransaction() {
 	c.spf = nil
 }
 
-// finish runs the close hooks once.
+// resetForTLS forgets what the client said before STARTTLS (RFC 3207
+// 4.2): its greeting, login, transaction, the points and module values
+// that came from them. What the connect stage learnt of its address stays.
+func (c *Conn) resetForTLS() {
+	c.resetTransaction()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.helo, c.account = "", ""
+	c.sessionScore = Score{}
+	for k := range c.lateKeys {
+		delete(c.values, k)
+	}
+	c.lateKeys = nil
+}
+
+// envelope is the current transaction, for the delivery targets.
+func (c *Conn) envelope() *Envelope {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return &Envelope{
+		ID:         newID(),
+		From:       c.from,
+		Recipients: append([]Recipient(nil), c.rcpts...),
+		ClientIP:   c.remote.Addr(),
+		Helo:       c.helo,
+		Account:    c.account,
+		Received:   time.Now(),
+	}
+}
+
+// logMessage logs one line per message and counts it by result.
+func (c *Conn) logMessage(msg *Message, result string, err error) {
+	c.mu.Lock()
+	from := c.from
+	to := make([]string, len(c.rcpts))
+	for i, r := range c.rcpts {
+		to[i] = r.Address
+	}
+	c.mu.Unlock()
+	fields := []zap.Field{zap.String("from", from), zap.Strings("to", to), zap.Int64("size", msg.Size()), zap.String("result", result)}
+	if err != nil {
+		fields = append(fields, zap.String("reason", err.Error()))
+	}
+	c.logger.Info("message", fields...)
+	c.server.metrics.messages.WithLabelValues(c.server.name, result).Inc()
+}
+
+// finish runs the close hooks once and frees the connection's slot.
 func (c *Conn) finish() {
 	c.closeOnce.Do(func() {
 		c.cancel()
-		for _, h := range c.server.closeHooks {
+		for _, h := range c.server.hooks.closes {
 			h.Close(c)
 		}
+		c.server.ceiling.release(c.remote.Addr())
 		c.server.metrics.connections.WithLabelValues(c.server.name).Dec()
 		c.logger.Debug("connection closed", zap.Duration("duration", time.Since(c.start)))
 	})
@@ -277,7 +314,7 @@ func (c *Conn) Pause(ctx context.Context, d time.Duration) (earlyTalker bool, er
 	if d <= 0 {
 		return false, nil
 	}
-	if c.TLS() != nil || !c.net.inspect {
+	if c.wire.implicitTLS {
 		t := time.NewTimer(d)
 		defer t.Stop()
 		select {
@@ -289,12 +326,12 @@ func (c *Conn) Pause(ctx context.Context, d time.Duration) (earlyTalker bool, er
 	}
 	// Read with a deadline: data before it ends is an early talker. The
 	// bytes read are dropped, which is fine: such a client is refused.
-	stop := context.AfterFunc(ctx, func() { c.net.Conn.SetReadDeadline(time.Now()) })
+	stop := context.AfterFunc(ctx, func() { c.wire.raw.SetReadDeadline(time.Now()) })
 	defer stop()
-	c.net.Conn.SetReadDeadline(time.Now().Add(d))
+	c.wire.raw.SetReadDeadline(time.Now().Add(d))
 	var b [1]byte
-	n, rerr := c.net.Conn.Read(b[:])
-	c.net.Conn.SetReadDeadline(time.Time{})
+	n, rerr := c.wire.raw.Read(b[:])
+	c.wire.raw.SetReadDeadline(time.Time{})
 	if n > 0 {
 		return true, nil
 	}

@@ -112,7 +112,7 @@ func TestRecipientRouting(t *testing.T) {
 		{"<alice@example.test@example.org>", 501, "5.1.3"},     // two @
 		{"<alice@[127.0.0.1]>", 553, "5.1.3"},                  // address literal
 		{"<example.org!someone@example.test>", 550, "5.1.1"},   // bang path: local part only
-		{"<alice\x01@example.test>", 501, "5.1.3"},             // control byte
+		{"<alice\x01@example.test>", 501, "5.5.2"},             // control byte: refused before parsing
 		{"<Alice+news@EXAMPLE.test>", 250, "2.0.0"},            // subaddress, case
 		{"<postmaster@example.test>", 250, "2.0.0"},            // alias
 		{"<bob@example.test.>", 250, "2.0.0"},                  // trailing dot
@@ -246,15 +246,15 @@ func TestOutOfOrderAndMalformed(t *testing.T) {
 		cmd  string
 		code int
 	}{
-		{"MAIL FROM:<a@example.org>", 502}, // before EHLO
+		{"MAIL FROM:<a@example.org>", 503}, // before EHLO
 		{"EHLO client.example.org", 250},
-		{"RCPT TO:<alice@example.test>", 502}, // before MAIL
-		{"DATA", 502},
+		{"RCPT TO:<alice@example.test>", 503}, // before MAIL
+		{"DATA", 503},
 		{"MAIL FROM:<a@example.org", 501}, // unclosed bracket
 		{"MAIL FROM:<a@example.org>", 250},
 		{"MAIL FROM:<b@example.org>", 503}, // nested MAIL
 		{"RCPT TO:<>", 501},
-		{"AUTH PLAIN AGFsaWNlAGRlbW8tYWxpY2U=", 523}, // AUTH without TLS
+		{"AUTH PLAIN AGFsaWNlAGRlbW8tYWxpY2U=", 530}, // AUTH without TLS (RFC 3207)
 	} {
 		if r := c.Cmd(tc.cmd); r.Code != tc.code {
 			t.Errorf("%q: want %d, got %s", tc.cmd, tc.code, r)

@@ -27,7 +27,7 @@ func TestBDATResetKeepsErrorCount(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	for i := 0; i < 3; i++ {
-		if r := c.Cmd("RCPT TO:<alice@example.test>"); r.Code != 502 { // go-smtp: no MAIL yet
+		if r := c.Cmd("RCPT TO:<alice@example.test>"); r.Code != 503 && !(i == 2 && r.Code == 421) { // no MAIL yet; the third is the 421
 			t.Fatalf("RCPT without MAIL: %s", r)
 		}
 	}

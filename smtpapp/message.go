@@ -55,6 +55,9 @@ type Message struct {
 	// fields): head stands for the first skip bytes of the body.
 	head []byte
 	skip int64
+	// budget holds the reservation for mem.
+	budget   *memoryBudget
+	reserved int64
 }
 
 // AddAuthResult adds one result (RFC 8601 resinfo, e.g. "spf=pass
@@ -144,8 +147,18 @@ func (m *Message) WriteTo(w io.Writer) (int64, error) {
 }
 
 // maxHeaderSection bounds the header section the server reads; a message
-// whose header section is longer is refused.
-const maxHeaderSection = 1 << 20
+// whose header section is longer is refused. Postfix's header_size_limit
+// is 100 KiB; real mail with long ARC and DKIM chains stays far below.
+const maxHeaderSection = 256 << 10
+
+// headerScanSize is the memory reading the header section takes beyond
+// what the message already holds.
+func (m *Message) headerScanSize() int64 {
+	if m.file == nil {
+		return 0
+	}
+	return min(m.size, maxHeaderSection)
+}
 
 // errHeaderTooLarge reports a header section over maxHeaderSection.
 var errHeaderTooLarge = errors.New("header section too large")
@@ -217,6 +230,10 @@ func (m *Message) Discard() {
 		m.file = nil
 	}
 	m.mem = nil
+	if m.budget != nil {
+		m.budget.release(m.reserved)
+		m.reserved = 0
+	}
 }
 
 // NewMessage makes a message from a body held in memory (for tools and
@@ -226,12 +243,19 @@ func NewMessage(body []byte) *Message { return &Message{mem: body, size: int64(l
 // errBareLineEnd reports a CR or LF that is not part of a CRLF pair.
 var errBareLineEnd = errors.New("bare CR or LF in message")
 
+// memPerMessage is the most of one body kept in memory; bodies beyond it,
+// or beyond what the app's budget has left, go to a spool file.
+const memPerMessage = 128 << 10
+
+// readBufferSize is the read buffer of a body on its way to the spool.
+const readBufferSize = 8 << 10
+
 // readMessage reads a DATA body, refusing bare CR or LF (the SMTP smuggling
-// vector) after reading the rest. Bodies over memLimit go to a file in
-// spoolDir.
-func readMessage(r io.Reader, memLimit int, spoolDir string) (*Message, error) {
-	m := &Message{}
-	buf := make([]byte, 32*1024)
+// vector) after reading the rest. A body stays in memory while it fits
+// memPerMessage and the budget; otherwise it goes to a file in spoolDir.
+func readMessage(r io.Reader, budget *memoryBudget, spoolDir string) (*Message, error) {
+	m := &Message{budget: budget}
+	buf := make([]byte, readBufferSize)
 	var prevCR, bad bool
 	for {
 		n, err := r.Read(buf)
@@ -241,7 +265,7 @@ func readMessage(r io.Reader, memLimit int, spoolDir string) (*Message, error) {
 				bad = !checkLineEnds(chunk, &prevCR)
 			}
 			if !bad {
-				if werr := m.write(chunk, memLimit, spoolDir); werr != nil {
+				if werr := m.write(chunk, spoolDir); werr != nil {
 					m.Discard()
 					return nil, werr
 				}
@@ -287,9 +311,10 @@ func checkLineEnds(b []byte, prevCR *bool) bool {
 	return true
 }
 
-func (m *Message) write(p []byte, memLimit int, spoolDir string) error {
+func (m *Message) write(p []byte, spoolDir string) error {
 	m.size += int64(len(p))
-	if m.file == nil && len(m.mem)+len(p) <= memLimit {
+	if m.file == nil && len(m.mem)+len(p) <= memPerMessage && m.budget != nil && m.budget.tryReserve(int64(len(p))) {
+		m.reserved += int64(len(p))
 		m.mem = append(m.mem, p...)
 		return nil
 	}
@@ -303,6 +328,8 @@ func (m *Message) write(p []byte, memLimit int, spoolDir string) error {
 			return err
 		}
 		m.mem = nil
+		m.budget.release(m.reserved)
+		m.reserved = 0
 	}
 	_, err := m.file.Write(p)
 	return err

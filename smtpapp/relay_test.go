@@ -96,7 +96,7 @@ func TestTrustedNetworkRelay(t *testing.T) {
 
 	u, _ := testenv.Dial(t, r.mx)
 	u.Expect("EHLO client.example.org", 250)
-	u.Expect("MAIL FROM:<app@example.test>", 250)
+	u.Expect("MAIL FROM:<app@example.org>", 250)
 	if resp := u.Cmd("RCPT TO:<someone@example.org>"); resp.Code != 554 || !strings.HasPrefix(resp.Text(), "5.7.1") {
 		t.Fatalf("untrusted loopback client relaying: %s", resp)
 	}

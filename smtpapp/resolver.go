@@ -209,13 +209,3 @@ func (r *Resolver) LookupPTR(ctx context.Context, ip netip.Addr) ([]string, erro
 	}
 	return out, nil
 }
-
-type appCtxKey struct{}
-
-// AppFrom returns the smtp app that is loading the module whose Provision
-// gets ctx (modules use it for the resolver, the local domains and the
-// local delivery target), or nil outside the smtp app.
-func AppFrom(ctx caddy.Context) *App {
-	a, _ := ctx.Value(appCtxKey{}).(*App)
-	return a
-}

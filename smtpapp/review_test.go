@@ -161,7 +161,7 @@ func TestBareLFInsideImplicitTLS(t *testing.T) {
 	s := startSubmission(t)
 	for _, tc := range []struct{ line, want string }{
 		{"MAIL FROM:<alice@example.test>\n", "5"},
-		{"NOOP\n", "2"},
+		{"NOOP\n", "5"},
 	} {
 		conn, err := tls.Dial("tcp", s.subs, s.tlsConfig)
 		if err != nil {
@@ -190,7 +190,7 @@ func TestGoSMTPErrorsCount(t *testing.T) {
 	})
 	c, _ := testenv.Dial(t, addr)
 	c.Expect("EHLO client.example.org", 250)
-	c.Expect("RCPT TO:<alice@example.test>", 502) // before MAIL: go-smtp's reply
+	c.Expect("RCPT TO:<alice@example.test>", 503) // before MAIL: go-smtp's reply, made 503
 	c.Expect("MAIL FROM:<sender@example.org>", 250)
 	c.Expect("RCPT TO:<nobody@example.test>", 550) // ours
 	c.Cmd("DATA")                                  // go-smtp: no valid recipient: the third error

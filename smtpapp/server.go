@@ -44,6 +44,13 @@ type Server struct {
 	// default: not even loopback is trusted unless listed.
 	TrustedNetworks []string `json:"trusted_networks,omitempty"`
 
+	// AllowLocalSenders lets unauthenticated clients outside
+	// trusted_networks use a MAIL FROM address in a local domain. By
+	// default they get 550 5.7.1: mail "from" your own domain that did
+	// not log in is forged. Turn it on for a local domain whose SPF lets
+	// other servers send as it.
+	AllowLocalSenders bool `json:"allow_local_senders,omitempty"`
+
 	// TLS configures STARTTLS and implicit TLS.
 	TLS *ServerTLS `json:"tls,omitempty"`
 
@@ -54,20 +61,24 @@ type Server struct {
 	// this order at each stage.
 	HandlersRaw []json.RawMessage `json:"handlers,omitempty" caddy:"namespace=smtp.handlers inline_key=handler"`
 
-	name       string
-	app        *App
-	logger     *zap.Logger
-	metrics    *metrics
-	addrs      []caddy.NetworkAddress
-	trusted    []netip.Prefix
-	tlsConfig  *tls.Config
-	tlsApp     *caddytls.TLS
-	smtp       *smtp.Server
-	listeners  []*listener
-	handlers   []any
-	moduleIDs  []string
-	eventHooks []EventHook
-	closeHooks []CloseHook
+	name      string
+	app       *App
+	logger    *zap.Logger
+	metrics   *metrics
+	addrs     []caddy.NetworkAddress
+	trusted   []netip.Prefix
+	tlsConfig *tls.Config
+	tlsApp    *caddytls.TLS
+	smtp      *smtp.Server
+	listeners []*listener
+	hooks     hooks
+	ceiling   *ceiling
+
+	// Resolved once at provision.
+	limits       Limits
+	tagScore     float64
+	rejectScore  float64
+	spamPolicyOn bool // scores can be given: X-Spam-* from outside is removed
 }
 
 // Limits bound a session. Zero values take the defaults shown.
@@ -97,6 +108,26 @@ type Limits struct {
 	// MaxHops is how many Received header fields a message may carry
 	// before it is refused as a mail loop (554 5.4.6). Default: 50.
 	MaxHops int `json:"max_hops,omitempty"`
+	// MaxJunkCommands is how many commands that move no mail (NOOP, RSET,
+	// VRFY, EXPN, HELP, repeated EHLO) a session may send before it is
+	// closed with 421, as Postfix's smtpd_junk_command_limit. Default: 100.
+	MaxJunkCommands int `json:"max_junk_commands,omitempty"`
+	// MaxConnections is how many connections the server holds at once;
+	// one more gets 421 4.7.0 before any TLS. Default: 4000.
+	MaxConnections int `json:"max_connections,omitempty"`
+	// MaxConnectionsPerIP is how many connections one client network
+	// (an IPv4 address, an IPv6 /64) may hold at once. Default: 20.
+	MaxConnectionsPerIP int `json:"max_connections_per_ip,omitempty"`
+	// MaxAuthFailuresPerIP is how many failed AUTH attempts one client
+	// network may make within AuthFailureWindow, across connections;
+	// then AUTH is refused (421 4.7.0) until the window ends. Default: 10.
+	MaxAuthFailuresPerIP int `json:"max_auth_failures_per_ip,omitempty"`
+	// AuthFailureWindow is the window of MaxAuthFailuresPerIP.
+	// Default: 15m.
+	AuthFailureWindow caddy.Duration `json:"auth_failure_window,omitempty"`
+	// TLSHandshakeTimeout bounds the TLS handshake, after STARTTLS and
+	// on implicit-TLS ports. Default: 10s.
+	TLSHandshakeTimeout caddy.Duration `json:"tls_handshake_timeout,omitempty"`
 }
 
 // ServerTLS configures TLS for a server. Certificates come from Caddy's tls
@@ -141,6 +172,16 @@ func (l *Limits) withDefaults() Limits {
 	def(&out.MaxAuthFailures, 3)
 	def(&out.MaxMessages, 1000)
 	def(&out.MaxHops, 50)
+	def(&out.MaxJunkCommands, 100)
+	def(&out.MaxConnections, 4000)
+	def(&out.MaxConnectionsPerIP, 20)
+	def(&out.MaxAuthFailuresPerIP, 10)
+	if out.AuthFailureWindow == 0 {
+		out.AuthFailureWindow = caddy.Duration(15 * time.Minute)
+	}
+	if out.TLSHandshakeTimeout == 0 {
+		out.TLSHandshakeTimeout = caddy.Duration(10 * time.Second)
+	}
 	if out.ReadTimeout == 0 {
 		out.ReadTimeout = caddy.Duration(5 * time.Minute)
 	}
@@ -203,15 +244,17 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 	if err != nil {
 		return fmt.Errorf("handlers: %v", err)
 	}
-	for _, m := range mods.([]any) {
-		s.handlers = append(s.handlers, m)
-		s.moduleIDs = append(s.moduleIDs, string(m.(caddy.Module).CaddyModule().ID))
-		if h, ok := m.(EventHook); ok {
-			s.eventHooks = append(s.eventHooks, h)
-		}
-		if h, ok := m.(CloseHook); ok {
-			s.closeHooks = append(s.closeHooks, h)
-		}
+	handlers := mods.([]any)
+	ids := make([]string, len(handlers))
+	for i, m := range handlers {
+		ids[i] = string(m.(caddy.Module).CaddyModule().ID)
+	}
+	s.hooks = compileHooks(handlers, ids)
+	s.limits = s.Limits.withDefaults()
+	s.tagScore, s.rejectScore = s.Spam.thresholds()
+	s.spamPolicyOn = s.Spam != nil || len(handlers) > 0
+	if s.ceiling, err = loadCeiling(name, s.limits.MaxConnections, s.limits.MaxConnectionsPerIP); err != nil {
+		return fmt.Errorf("limits: %v", err)
 	}
 
 	if err := s.provisionTLS(ctx); err != nil {
@@ -220,23 +263,18 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 	if s.ImplicitTLS && s.tlsConfig == nil {
 		return fmt.Errorf("implicit_tls: needs TLS, but it is disabled")
 	}
-	lim := s.Limits.withDefaults()
 	s.smtp = smtp.NewServer(backend{s})
 	s.smtp.Domain = s.Hostname
-	s.smtp.MaxMessageBytes = lim.MaxMessageSize
-	s.smtp.MaxRecipients = lim.MaxRecipients
-	s.smtp.MaxLineLength = lim.MaxLineLength
-	s.smtp.WriteTimeout = time.Duration(lim.WriteTimeout)
-	s.smtp.ReadTimeout = 0 // netConn applies read and session deadlines
-	// go-smtp allows AUTH only on a *tls.Conn. Implicit-TLS connections
-	// reach it as a plaintext view of the TLS stream (so that the command
-	// stream can be inspected), all of them encrypted: AUTH is safe there,
-	// and session.Auth checks the TLS state itself in any case.
-	s.smtp.AllowInsecureAuth = s.ImplicitTLS
+	s.smtp.MaxMessageBytes = s.limits.MaxMessageSize
+	s.smtp.MaxRecipients = s.limits.MaxRecipients
+	// The wire enforces the line limit, the timeouts and TLS (STARTTLS
+	// included) beneath go-smtp, which sees a plaintext stream: so AUTH
+	// is "insecure" to it, and the session offers AUTH only under TLS.
+	s.smtp.MaxLineLength = 0
+	s.smtp.ReadTimeout = 0
+	s.smtp.WriteTimeout = 0
+	s.smtp.AllowInsecureAuth = true
 	s.smtp.ErrorLog = zapPrintf{s.logger}
-	if !(s.TLS != nil && s.TLS.DisableSTARTTLS) && !s.ImplicitTLS {
-		s.smtp.TLSConfig = s.tlsConfig
-	}
 	return nil
 }
 
@@ -285,6 +323,39 @@ func (s *Server) provisionTLS(ctx caddy.Context) error {
 	s.tlsConfig = cps.TLSConfig(ctx)
 	s.tlsConfig.NextProtos = nil
 	return nil
+}
+
+// thresholds are the tag and reject scores, defaults filled in.
+func (p *SpamPolicy) thresholds() (tag, reject float64) {
+	tag, reject = 5, 10
+	if p != nil && p.TagScore != nil {
+		tag = *p.TagScore
+	}
+	if p != nil && p.RejectScore != nil {
+		reject = *p.RejectScore
+	}
+	return tag, reject
+}
+
+// newConn sets up the state of a new client connection.
+func (s *Server) newConn(raw net.Conn) *Conn {
+	w := newWire(s, raw)
+	ctx, cancel := context.WithDeadline(context.Background(), w.deadline)
+	c := &Conn{
+		ID:     newID(),
+		server: s,
+		ctx:    ctx,
+		cancel: cancel,
+		start:  time.Now(),
+		remote: addrPortOf(raw.RemoteAddr()),
+		local:  addrPortOf(raw.LocalAddr()),
+		wire:   w,
+	}
+	w.conn = c
+	c.logger = s.logger.With(zap.String("conn", c.ID), zap.String("remote", c.remote.String()))
+	s.metrics.accepted.WithLabelValues(s.name).Inc()
+	s.metrics.connections.WithLabelValues(s.name).Inc()
+	return c
 }
 
 func (s *Server) start() error {
@@ -359,7 +430,16 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR: %v", s, err)
 	}
-	return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked(), nil
+	// Clients are matched unmapped: an IPv4-mapped IPv6 prefix means
+	// its IPv4 range, or nothing at all (then it is an error, not a list
+	// entry that silently matches no one).
+	if p.Addr().Is4In6() {
+		if p.Bits() < 96 {
+			return netip.Prefix{}, fmt.Errorf("%q: an IPv4-mapped prefix must be /96 or longer", s)
+		}
+		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96).Masked(), nil
+	}
+	return p.Masked(), nil
 }
 
 // ParsePrefixes parses CIDRs (or single addresses); modules use it for
