@@ -508,7 +508,8 @@ func (w *wire) follow(code int) {
 		default: // the last chunk's reply, or an error (go-smtp resets)
 			w.resetTransaction()
 		}
-		w.mode = modeCommand
+		// go-smtp may answer before it reads the chunk: the mode changes
+		// back only when the chunk is all read (readChunk).
 	case "RSET":
 		w.resetTransaction()
 	case "AUTH":
