@@ -162,8 +162,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 	}
 	// One table for the app: a client's failures count on every port.
-	lim := a.Servers[slices.Sorted(maps.Keys(a.Servers))[0]].limits
-	if a.authFailures, err = loadAuthFailures("auth", lim.MaxAuthFailuresPerIP, time.Duration(lim.AuthFailureWindow)); err != nil {
+	if a.authFailures, err = loadAuthFailures("auth"); err != nil {
 		return fmt.Errorf("auth failures: %v", err)
 	}
 	return nil

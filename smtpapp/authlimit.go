@@ -12,13 +12,12 @@ import (
 var authFailurePools = caddy.NewUsagePool()
 
 // authFailures counts failed AUTH attempts per client network across
-// connections, with no handler configured: past the limit within the
-// window, AUTH is refused before any password is checked.
+// connections and ports, with no handler configured: past a server's
+// limit within its window, AUTH is refused before any password is
+// checked.
 type authFailures struct {
-	mu     sync.Mutex
-	max    int
-	window time.Duration
-	nets   map[netip.Prefix]*failureWindow
+	mu   sync.Mutex
+	nets map[netip.Prefix]*failureWindow
 }
 
 type failureWindow struct {
@@ -32,38 +31,35 @@ const maxTrackedNetworks = 100_000
 
 func (a *authFailures) Destruct() error { return nil }
 
-func loadAuthFailures(key string, max int, window time.Duration) (*authFailures, error) {
+func loadAuthFailures(key string) (*authFailures, error) {
 	v, _, err := authFailurePools.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return &authFailures{nets: make(map[netip.Prefix]*failureWindow)}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	a := v.(*authFailures)
-	a.mu.Lock()
-	a.max, a.window = max, window
-	a.mu.Unlock()
-	return a, nil
+	return v.(*authFailures), nil
 }
 
 // locked reports whether ip's network used up its failures.
-func (a *authFailures) locked(ip netip.Addr) bool {
+func (a *authFailures) locked(ip netip.Addr, lim *Limits) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	w := a.nets[clientNetwork(ip)]
-	return w != nil && time.Since(w.start) < a.window && w.count >= a.max
+	return w != nil && time.Since(w.start) < time.Duration(lim.AuthFailureWindow) && w.count >= lim.MaxAuthFailuresPerIP
 }
 
 // add counts a failure of ip's network.
-func (a *authFailures) add(ip netip.Addr) {
+func (a *authFailures) add(ip netip.Addr, lim *Limits) {
 	n := clientNetwork(ip)
 	now := time.Now()
+	window := time.Duration(lim.AuthFailureWindow)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	w := a.nets[n]
-	if w == nil || now.Sub(w.start) >= a.window {
+	if w == nil || now.Sub(w.start) >= window {
 		if w == nil && len(a.nets) >= maxTrackedNetworks {
-			a.evict(now)
+			a.evict(now, window)
 		}
 		w = &failureWindow{start: now}
 		a.nets[n] = w
@@ -71,11 +67,11 @@ func (a *authFailures) add(ip netip.Addr) {
 	w.count++
 }
 
-func (a *authFailures) evict(now time.Time) {
+func (a *authFailures) evict(now time.Time, window time.Duration) {
 	var oldest netip.Prefix
 	var oldestStart time.Time
 	for n, w := range a.nets {
-		if now.Sub(w.start) >= a.window {
+		if now.Sub(w.start) >= window {
 			delete(a.nets, n)
 			continue
 		}

@@ -140,7 +140,19 @@ func hasControl(b []byte) bool {
 // argument ("" if none).
 func splitCommand(line []byte) (verb, arg string) {
 	v, a, _ := cutSpace(string(line))
-	return strings.ToUpper(v), a
+	return upperASCII(v), a
+}
+
+// upperASCII upper-cases ASCII letters only: a verb with other bytes is
+// no command, and must not grow into replacement runes.
+func upperASCII(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'a' <= c && c <= 'z' {
+			b[i] = c - 'a' + 'A'
+		}
+	}
+	return string(b)
 }
 
 // cutSpace cuts s at its first space; the rest is trimmed of spaces.

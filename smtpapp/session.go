@@ -78,7 +78,7 @@ func (ss *session) login(username, password string) error {
 	if c.inTransaction() {
 		return c.reply(replyAuthInTransaction, true)
 	}
-	if ss.srv.app.authFailures.locked(c.RemoteIP()) {
+	if ss.srv.app.authFailures.locked(c.RemoteIP(), &ss.srv.limits) {
 		c.logger.Info("refused", zap.String("stage", "auth"), zap.String("reason", "too many failed authentications from the network"))
 		ss.srv.metrics.refused(ss.srv.name, "auth", "", "auth_lockout")
 		return c.reply(replyAuthLockout, true)
@@ -104,7 +104,7 @@ func (ss *session) login(username, password string) error {
 // authFailed counts a failure for the connection and for its network.
 func (ss *session) authFailed(reply *Error) error {
 	c := ss.c
-	ss.srv.app.authFailures.add(c.RemoteIP())
+	ss.srv.app.authFailures.add(c.RemoteIP(), &ss.srv.limits)
 	if c.countAuthFailure() >= ss.srv.limits.MaxAuthFailures {
 		return c.reply(replyTooManyAuth, true)
 	}
