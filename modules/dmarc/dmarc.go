@@ -4,8 +4,8 @@
 // Authentication-Results header field (RFC 8601) with the SPF, DKIM and
 // DMARC results.
 //
-// For DMARC's SPF alignment it takes the result the spf handler left in
-// the connection (key "spf", see modules/spf); without it, it runs the SPF
+// For DMARC's SPF alignment it takes the result the spf handler recorded
+// for the transaction (smtpapp.Conn.SPF); without it, it runs the SPF
 // check itself (for alignment and the header only, without points).
 package dmarc
 
@@ -270,8 +270,8 @@ func (m *DMARC) evaluate(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Mess
 
 	// SPF: the spf handler's result for this transaction, or our own.
 	from := c.From()
-	if v, ok := c.Get("spf").(map[string]string); ok && v["from"] == from {
-		rep.spfResult, rep.spfDomain, rep.spfIdentity = v["result"], v["domain"], v["identity"]
+	if r, ok := c.SPF(); ok {
+		rep.spfResult, rep.spfDomain, rep.spfIdentity = r.Result, r.Domain, r.Identity
 	} else {
 		rep.spfResult, rep.spfDomain, rep.spfIdentity = m.checkSPF(ctx, c, from)
 	}

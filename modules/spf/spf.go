@@ -2,11 +2,9 @@
 // the MAIL FROM domain, or of the HELO name for the null sender, with
 // blitiri.com.ar/go/spf over the app's resolver.
 //
-// The result of the current transaction is left in the connection for
-// other modules (DMARC alignment) under the key "spf", as a
-// map[string]string with "result" (pass, fail...), "domain" (the domain
-// checked), "identity" ("mailfrom" or "helo") and "from" (the MAIL FROM
-// address it belongs to, "" for the null sender).
+// The result of the current transaction is recorded in the connection
+// with smtpapp.Conn.SetSPF, for other modules (DMARC alignment) to read
+// with smtpapp.Conn.SPF.
 package spf
 
 import (
@@ -33,9 +31,6 @@ import (
 func init() {
 	caddy.RegisterModule(SPF{})
 }
-
-// ConnKey is the key of the SPF result in the connection's values.
-const ConnKey = "spf"
 
 // SPF checks whether the client may send mail for the MAIL FROM domain
 // (for the null sender: the HELO name). Each result maps to an outcome:
@@ -133,7 +128,7 @@ func (s *SPF) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
 		return nil
 	}
 	ck := s.check(ctx, c, from)
-	c.Set(ConnKey, map[string]string{"result": string(ck.result), "domain": ck.domain, "identity": ck.identity, "from": from})
+	c.SetSPF(smtpapp.SPFResult{From: from, Result: string(ck.result), Domain: ck.domain, Identity: ck.identity})
 	o := s.outcomes[string(ck.result)]
 	fields := []zap.Field{zap.String("module", "smtp.handlers.spf"), zap.String("result", string(ck.result)),
 		zap.String("identity", ck.identity), zap.String("domain", ck.domain), zap.String("action", o.Action)}
@@ -204,11 +199,11 @@ func (s *SPF) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message) e
 	if s.DisableHeader || c.Account() != "" || c.Trusted() {
 		return nil
 	}
-	v, _ := c.Get(ConnKey).(map[string]string)
-	if v == nil || v["from"] != c.From() {
+	r, ok := c.SPF()
+	if !ok {
 		return nil
 	}
-	ck := check{result: spf.Result(v["result"]), domain: v["domain"], identity: v["identity"], from: v["from"],
+	ck := check{result: spf.Result(r.Result), domain: r.Domain, identity: r.Identity, from: r.From,
 		ip: c.RemoteIP().Unmap().String(), helo: c.Helo()}
 	msg.AddHeader("Received-SPF", receivedSPF(ck, c.Hostname()))
 	return nil
