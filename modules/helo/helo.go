@@ -18,7 +18,6 @@ import (
 
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/outcome"
-	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -102,14 +101,10 @@ func (HELO) CaddyModule() caddy.ModuleInfo {
 
 // Provision checks the config.
 func (h *HELO) Provision(ctx caddy.Context) error {
-	h.app = smtpapp.AppFrom(ctx)
-	if h.app == nil {
-		return fmt.Errorf("the helo handler works only in the smtp app")
-	}
-	if err := promreg.Register(ctx.GetMetricsRegistry(), metricChecks); err != nil {
-		return fmt.Errorf("registering metrics: %v", err)
-	}
 	var err error
+	if h.app, err = outcome.App(ctx, "helo", metricChecks); err != nil {
+		return err
+	}
 	if h.outcomes, err = outcome.Resolve(h, checks); err != nil {
 		return err
 	}
@@ -124,11 +119,8 @@ func (h *HELO) Provision(ctx caddy.Context) error {
 	if h.ownAddrs, err = smtpapp.ParsePrefixes("own_addresses", h.OwnAddresses); err != nil {
 		return err
 	}
-	if h.Timeout < 0 {
-		return fmt.Errorf("timeout: must not be negative")
-	}
-	if h.Timeout == 0 {
-		h.Timeout = caddy.Duration(10 * time.Second)
+	if err := outcome.Timeout(&h.Timeout, 10*time.Second); err != nil {
+		return err
 	}
 	h.connKey = fmt.Sprintf("smtp.handlers.helo@%p", h)
 	return nil
@@ -225,7 +217,7 @@ func (h *HELO) fcrdns(ctx context.Context, ip netip.Addr) rdnsResult {
 
 // Mail runs the checks for this transaction: points now, a refusal at RCPT.
 func (h *HELO) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
-	if c.Account() != "" || c.Trusted() {
+	if outcome.Unchecked(c) {
 		return nil
 	}
 	st := h.state(c)
@@ -265,7 +257,7 @@ func (h *HELO) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
 
 // Rcpt refuses the recipient when a check of this transaction said so.
 func (h *HELO) Rcpt(ctx context.Context, c *smtpapp.Conn, rcpt smtpapp.Recipient) error {
-	if c.Account() != "" || c.Trusted() {
+	if outcome.Unchecked(c) {
 		return nil
 	}
 	st, ok := c.Get(h.connKey).(*connState)
@@ -422,7 +414,7 @@ func (h *HELO) lookupDomain(ctx context.Context, domain string) domainResult {
 
 // Data records the reverse DNS result as iprev (RFC 8601 3).
 func (h *HELO) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message) error {
-	if c.Account() != "" || c.Trusted() {
+	if outcome.Unchecked(c) {
 		return nil
 	}
 	st, ok := c.Get(h.connKey).(*connState)
@@ -467,38 +459,15 @@ func clean(s string) string {
 //		timeout <duration>
 //	}
 func (h *HELO) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // module name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		switch opt {
-		case "own_names", "own_addresses":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			if opt == "own_names" {
-				h.OwnNames = append(h.OwnNames, args...)
-			} else {
-				h.OwnAddresses = append(h.OwnAddresses, args...)
-			}
-			continue
-		case "timeout":
-			var err error
-			if h.Timeout, err = caddyargs.Duration(d); err != nil {
-				return err
-			}
-			continue
+	return outcome.UnmarshalCaddyfile(d, h, checks, &h.Timeout, func(d *caddyfile.Dispenser) (bool, error) {
+		switch d.Val() {
+		case "own_names":
+			return true, caddyargs.AppendArgs(d, &h.OwnNames)
+		case "own_addresses":
+			return true, caddyargs.AppendArgs(d, &h.OwnAddresses)
 		}
-		if ok, err := outcome.Unmarshal(d, h, checks); !ok {
-			return d.Errf("unrecognized helo option %q", opt)
-		} else if err != nil {
-			return err
-		}
-	}
-	return nil
+		return false, nil
+	})
 }
 
 // Interface guards

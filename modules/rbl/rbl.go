@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -444,11 +445,11 @@ func cleanReason(s string) string {
 //		cache_size <n>
 //	}
 func (r *RBL) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // module name
-	if d.NextArg() {
-		return d.ArgErr()
+	if err := caddyargs.Header(d, nil); err != nil {
+		return err
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
 		switch dir := d.Val(); dir {
 		case "zone", "allow":
 			z := &Zone{Allowlist: dir == "allow"}
@@ -473,29 +474,16 @@ func (r *RBL) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			r.Zones = append(r.Zones, z)
 		case "reject_threshold":
-			f, err := floatArg(d)
-			if err != nil {
-				return err
-			}
-			r.RejectThreshold = f
+			r.RejectThreshold, err = caddyargs.Float(d)
 		case "skip_networks":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			r.SkipNetworks = append(r.SkipNetworks, args...)
+			err = caddyargs.AppendArgs(d, &r.SkipNetworks)
 		case "cache_size":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
-			}
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				return d.Errf("cache_size: %v", err)
-			}
-			r.CacheSize = n
+			r.CacheSize, err = caddyargs.Int(d)
 		default:
 			return d.Errf("unrecognized rbl option %q", dir)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil
@@ -503,12 +491,11 @@ func (r *RBL) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 func parseZoneBlock(d *caddyfile.Dispenser, z *Zone) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
 		switch opt := d.Val(); opt {
 		case "weight":
-			f, err := floatArg(d)
-			if err != nil {
-				return err
-			}
+			var f float64
+			f, err = caddyargs.Float(d)
 			z.Weight = &f
 		case "action":
 			if !d.Args(&z.Action) {
@@ -527,61 +514,26 @@ func parseZoneBlock(d *caddyfile.Dispenser, z *Zone) error {
 				z.Codes = map[string]float64{}
 			}
 			z.Codes[k] = f
-		case "listed", "error_codes":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			if opt == "listed" {
-				z.Listed = append(z.Listed, args...)
-			} else {
-				z.ErrorCodes = append(z.ErrorCodes, args...)
-			}
-		case "timeout", "test_interval":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil {
-				return d.Errf("%s: %v", opt, err)
-			}
-			if opt == "timeout" {
-				z.Timeout = caddy.Duration(dur)
-			} else {
-				z.TestInterval = caddy.Duration(dur)
-			}
+		case "listed":
+			err = caddyargs.AppendArgs(d, &z.Listed)
+		case "error_codes":
+			err = caddyargs.AppendArgs(d, &z.ErrorCodes)
+		case "timeout":
+			z.Timeout, err = caddyargs.Duration(d)
+		case "test_interval":
+			z.TestInterval, err = caddyargs.Duration(d)
 		case "self_test":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
-			}
-			switch v {
-			case "off":
-				z.DisableSelfTest = true
-			case "on":
-				z.DisableSelfTest = false
-			default:
-				return d.Errf("self_test: %q is not on or off", v)
-			}
+			var on bool
+			on, err = caddyargs.OnOff(d)
+			z.DisableSelfTest = !on
 		default:
 			return d.Errf("unrecognized zone option %q", opt)
 		}
+		if err != nil {
+			return err
+		}
 	}
 	return nil
-}
-
-func floatArg(d *caddyfile.Dispenser) (float64, error) {
-	var v string
-	field := d.Val()
-	if !d.Args(&v) {
-		return 0, d.ArgErr()
-	}
-	f, err := strconv.ParseFloat(v, 64)
-	if err != nil {
-		return 0, d.Errf("%s: %v", field, err)
-	}
-	return f, nil
 }
 
 // Interface guards

@@ -24,7 +24,6 @@ import (
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/headertext"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/outcome"
-	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -90,25 +89,15 @@ func (SPF) CaddyModule() caddy.ModuleInfo {
 
 // Provision checks the config.
 func (s *SPF) Provision(ctx caddy.Context) error {
-	app := smtpapp.AppFrom(ctx)
-	if app == nil {
-		return fmt.Errorf("the spf handler works only in the smtp app")
-	}
-	if err := promreg.Register(ctx.GetMetricsRegistry(), metricResults); err != nil {
-		return fmt.Errorf("registering metrics: %v", err)
+	app, err := outcome.App(ctx, "spf", metricResults)
+	if err != nil {
+		return err
 	}
 	s.resolver = smtpapp.NetResolver{R: app.DNS()}
-	var err error
 	if s.outcomes, err = outcome.Resolve(s, results); err != nil {
 		return err
 	}
-	if s.Timeout < 0 {
-		return fmt.Errorf("timeout: must not be negative")
-	}
-	if s.Timeout == 0 {
-		s.Timeout = caddy.Duration(20 * time.Second)
-	}
-	return nil
+	return outcome.Timeout(&s.Timeout, 20*time.Second)
 }
 
 // check is one SPF evaluation.
@@ -124,7 +113,7 @@ type check struct {
 
 // Mail checks the sender and applies the result's outcome.
 func (s *SPF) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
-	if c.Account() != "" || c.Trusted() {
+	if outcome.Unchecked(c) {
 		return nil
 	}
 	ck := s.check(ctx, c, from)
@@ -196,7 +185,7 @@ func (ck check) explain() string {
 
 // Data adds the Received-SPF header field of this transaction's check.
 func (s *SPF) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message) error {
-	if s.DisableHeader || c.Account() != "" || c.Trusted() {
+	if s.DisableHeader || outcome.Unchecked(c) {
 		return nil
 	}
 	r, ok := c.SPF()
@@ -253,34 +242,14 @@ func kvValue(s string) string {
 //		header off
 //	}
 func (s *SPF) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // module name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		switch opt {
-		case "timeout":
-			var err error
-			if s.Timeout, err = caddyargs.Duration(d); err != nil {
-				return err
-			}
-			continue
-		case "header":
-			var v string
-			if !d.Args(&v) || (v != "on" && v != "off") {
-				return d.Err("header: want on or off")
-			}
-			s.DisableHeader = v == "off"
-			continue
+	return outcome.UnmarshalCaddyfile(d, s, results, &s.Timeout, func(d *caddyfile.Dispenser) (bool, error) {
+		if d.Val() != "header" {
+			return false, nil
 		}
-		if ok, err := outcome.Unmarshal(d, s, results); !ok {
-			return d.Errf("unrecognized spf option %q", opt)
-		} else if err != nil {
-			return err
-		}
-	}
-	return nil
+		on, err := caddyargs.OnOff(d)
+		s.DisableHeader = !on
+		return true, err
+	})
 }
 
 // Interface guards
