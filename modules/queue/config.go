@@ -120,6 +120,23 @@ func trustedNetworks(app *smtpapp.App) ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// trustedClient reports whether mail from this client may have its header
+// quoted back in a bounce: it logged in, or its address is in the
+// trusted_networks of a server (Postfix's permit_sasl_authenticated and
+// mynetworks). Everyone else gets a bounce without the original header.
+func (s *settings) trustedClient(account string, ip netip.Addr) bool {
+	if account != "" {
+		return true
+	}
+	ip = ip.Unmap()
+	for _, p := range s.trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
 // limits are the concurrency and size limits of deliveries.
 type limits struct {
 	maxConc      int

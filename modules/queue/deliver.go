@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/netip"
 	"os"
 	"time"
 
@@ -275,12 +276,9 @@ func dsnAddrs(rs []dsnRcpt) []string {
 	return out
 }
 
-// maxDSNHeader bounds the original header quoted in a DSN.
-const maxDSNHeader = 64 << 10
-
 // queueDSN builds a notification to the entry's sender and queues it.
 func (e *engine) queueDSN(s *settings, ent *entry, rcpts []dsnRcpt, delayed bool) error {
-	hdr, err := e.originalHeader(ent)
+	hdr, msgID, err := e.originalHeader(s, ent)
 	if err != nil {
 		return err
 	}
@@ -290,6 +288,7 @@ func (e *engine) queueDSN(s *settings, ent *entry, rcpts []dsnRcpt, delayed bool
 		Arrival:    ent.rec.Received,
 		RetryUntil: ent.rec.Queued.Add(s.giveUp),
 		Header:     hdr,
+		MessageID:  msgID,
 		Rcpts:      rcpts,
 		Delayed:    delayed,
 	})
@@ -336,22 +335,16 @@ func (e *engine) queueNotification(s *settings, in *dsnInput) error {
 	return err
 }
 
-// originalHeader reads the header block of a queued message (complete
-// lines, at most maxDSNHeader bytes).
-func (e *engine) originalHeader(ent *entry) ([]byte, error) {
+// originalHeader reads what a DSN about ent quotes (see quotedOriginal).
+func (e *engine) originalHeader(s *settings, ent *entry) ([]byte, string, error) {
 	f, err := os.Open(e.sp.path(ent.rec.ID))
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer f.Close()
-	hdr, _ := readHeader(io.NewSectionReader(f, ent.bodyOff, ent.size))
-	if len(hdr) > maxDSNHeader {
-		hdr = hdr[:maxDSNHeader]
-		if i := bytes.LastIndex(hdr, []byte("\r\n")); i > 0 {
-			hdr = hdr[:i+2]
-		}
-	}
-	return hdr, nil
+	ip, _ := netip.ParseAddr(ent.rec.ClientIP)
+	hdr, msgID := quotedOriginal(io.NewSectionReader(f, ent.bodyOff, ent.size), s.trustedClient(ent.rec.Account, ip))
+	return hdr, msgID, nil
 }
 
 // deliverLocal hands recipients with a local mailbox (bounces to local

@@ -7,7 +7,6 @@
 package queue
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -128,15 +127,11 @@ func (q *Queue) Provision(ctx caddy.Context) error {
 
 // Bounce queues a delivery status notification to env.From about
 // recipients that another target (LMTP) refused for good, for a message
-// the server still accepts for the others.
+// the server still accepts for the others. For mail from a client that is
+// neither authenticated nor in trusted_networks, the notification quotes
+// nothing of the message but its Message-ID (no backscatter).
 func (q *Queue) Bounce(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp.Message, failed []smtpapp.FailedRecipient) error {
-	hdr, _ := readHeader(msg.Reader())
-	if len(hdr) > maxDSNHeader {
-		hdr = hdr[:maxDSNHeader]
-		if i := bytes.LastIndex(hdr, []byte("\r\n")); i > 0 {
-			hdr = hdr[:i+2]
-		}
-	}
+	hdr, msgID := quotedOriginal(msg.Reader(), q.s.trustedClient(env.Account, env.ClientIP))
 	now := time.Now()
 	rcpts := make([]dsnRcpt, len(failed))
 	for i, f := range failed {
@@ -147,7 +142,7 @@ func (q *Queue) Bounce(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp.
 		rcpts[i] = dsnRcpt{Address: f.Address, Action: "failed", Status: status,
 			Diagnostic: fmt.Sprintf("%d %s", f.Reply.Code, f.Reply.Message), LastAttempt: now}
 	}
-	return q.eng.queueNotification(q.s, &dsnInput{QueueID: env.ID, Sender: env.From, Arrival: env.Received, Header: hdr, Rcpts: rcpts})
+	return q.eng.queueNotification(q.s, &dsnInput{QueueID: env.ID, Sender: env.From, Arrival: env.Received, Header: hdr, MessageID: msgID, Rcpts: rcpts})
 }
 
 // Start begins delivering from the spool (the smtp app calls it when it
