@@ -1,7 +1,6 @@
 package helo_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
 	"github.com/caddy-smtp/caddy-smtp/modules/helo"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/adapttest"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/maildir"
 )
 
@@ -173,27 +173,11 @@ func TestHeloConfigErrors(t *testing.T) {
 }
 
 func TestHeloUnmarshalCaddyfile(t *testing.T) {
-	in := `helo {
-		forged reject
-		no_rdns 2
-		rdns_mismatch score 1.5
-		own_names mx.example.org
-		own_addresses 192.0.2.0/24
-		timeout 3s
-	}`
-	var h helo.HELO
-	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := json.Marshal(h)
-	want := `{"forged":{"action":"reject"},"no_rdns":{"score":2},"rdns_mismatch":{"score":1.5},"own_names":["mx.example.org"],"own_addresses":["192.0.2.0/24"],"timeout":3000000000}`
-	if string(got) != want {
-		t.Fatalf("got  %s\nwant %s", got, want)
-	}
-	for _, bad := range []string{"helo {\n forged maybe\n}", "helo {\n nope\n}", "helo {\n own_names\n}"} {
-		var h helo.HELO
-		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
-			t.Errorf("%q: want an error", bad)
-		}
-	}
+	t.Parallel()
+	newModule := func() caddyfile.Unmarshaler { return new(helo.HELO) }
+	adapttest.Run(t, "testdata/caddyfile", newModule)
+	adapttest.Fail(t, newModule,
+		"helo {\n forged maybe\n}",
+		"helo {\n nope\n}",
+		"helo {\n own_names\n}")
 }

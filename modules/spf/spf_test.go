@@ -1,7 +1,6 @@
 package spf_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/adapttest"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/maildir"
 	"github.com/caddy-smtp/caddy-smtp/modules/spf"
 )
@@ -207,28 +207,12 @@ func TestSPFConfigErrors(t *testing.T) {
 }
 
 func TestSPFUnmarshalCaddyfile(t *testing.T) {
-	in := `spf {
-		fail reject
-		softfail 2.5
-		none score 1
-		temperror defer
-		pass -0.5
-		timeout 10s
-		header off
-	}`
-	var s spf.SPF
-	if err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := json.Marshal(s)
-	want := `{"pass":{"score":-0.5},"fail":{"action":"reject"},"softfail":{"score":2.5},"none":{"score":1},"temperror":{"action":"defer"},"timeout":10000000000,"disable_header":true}`
-	if string(got) != want {
-		t.Fatalf("got  %s\nwant %s", got, want)
-	}
-	for _, bad := range []string{"spf {\n fail maybe\n}", "spf {\n bogus 1\n}", "spf {\n fail\n}", "spf {\n header perhaps\n}"} {
-		var s spf.SPF
-		if err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
-			t.Errorf("%q: want an error", bad)
-		}
-	}
+	t.Parallel()
+	newModule := func() caddyfile.Unmarshaler { return new(spf.SPF) }
+	adapttest.Run(t, "testdata/caddyfile", newModule)
+	adapttest.Fail(t, newModule,
+		"spf {\n fail maybe\n}",
+		"spf {\n bogus 1\n}",
+		"spf {\n fail\n}",
+		"spf {\n header perhaps\n}")
 }
