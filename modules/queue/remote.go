@@ -44,17 +44,15 @@ func (e *engine) deliverRemote(s *settings, ent *entry, domain string, idx []int
 	var refused []string // internal addresses not tried
 	tries, lookupFailed := 0, false
 	for _, h := range hops {
-		ips, err := e.lookupHost(ctx, s, h.host)
+		ips, internal, err := e.addresses(ctx, s, h)
 		if err != nil {
 			last, lookupFailed = tempErr("4.4.3", "%s: %v", h.host, err), true
 			continue
 		}
-		if !h.smarthost && !s.allowPrivate {
-			var internal []netip.Addr
-			ips, internal = splitInternal(ips)
-			for _, ip := range internal {
-				refused = append(refused, h.host+" ("+ip.String()+")")
-			}
+		if len(internal) > 0 {
+			s.logger.Warn("not delivering to internal addresses (allow_private_destinations is off)",
+				zap.String("id", ent.rec.ID), zap.String("domain", domain), zap.Strings("refused", internal))
+			refused = append(refused, internal...)
 		}
 		for _, ip := range ips {
 			if tries >= maxConnTries || ctx.Err() != nil {
@@ -70,17 +68,28 @@ func (e *engine) deliverRemote(s *settings, ent *entry, domain string, idx []int
 			last = sessionErr(h.host, err)
 		}
 	}
-	if len(refused) > 0 {
-		s.logger.Warn("not delivering to internal addresses (allow_private_destinations is off)",
-			zap.String("id", ent.rec.ID), zap.String("domain", domain), zap.Strings("refused", refused))
-		if tries == 0 && !lookupFailed {
-			// Every address the domain leads to is internal: that will
-			// not change by retrying.
-			return fill(len(idx), permErr(550, "5.4.4", "destination address not allowed (private/loopback): %s",
-				strings.Join(refused, ", ")))
-		}
+	if len(refused) > 0 && tries == 0 && !lookupFailed {
+		// Every address the domain leads to is internal: retrying will
+		// not change that.
+		return fill(len(idx), permErr(550, "5.4.4", "destination address not allowed (private/loopback): %s",
+			strings.Join(refused, ", ")))
 	}
 	return fill(len(idx), last)
+}
+
+// addresses looks up h's addresses and leaves out the internal ones
+// (unless allowed, or h is the smarthost), which it returns as
+// "host (ip)" for the log and the bounce.
+func (e *engine) addresses(ctx context.Context, s *settings, h hop) (ips []netip.Addr, internal []string, err error) {
+	ips, err = e.lookupHost(ctx, s, h.host)
+	if err != nil || h.smarthost || s.allowPrivate {
+		return ips, nil, err
+	}
+	ips, refused := splitInternal(ips)
+	for _, ip := range refused {
+		internal = append(internal, h.host+" ("+ip.String()+")")
+	}
+	return ips, internal, nil
 }
 
 // hops are the hosts to try for domain: the smarthost, or its MX hosts.
