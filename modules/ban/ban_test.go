@@ -305,10 +305,7 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func TestCaddyfile(t *testing.T) {
-	t.Parallel()
-	newModule := func() caddyfile.Unmarshaler { return new(ban.Ban) }
-	adapttest.Run(t, "testdata/caddyfile", newModule)
-	adapttest.Fail(t, newModule,
+	adapttest.Run(t, func() caddyfile.Unmarshaler { return new(ban.Ban) },
 		"ban {\n threshold\n}",
 		"ban {\n threshold 0\n}",
 		"ban {\n threshold 3 soon\n}",

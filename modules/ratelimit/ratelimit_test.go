@@ -531,10 +531,7 @@ func TestRedisDownFailsOpen(t *testing.T) {
 }
 
 func TestCaddyfile(t *testing.T) {
-	t.Parallel()
-	newModule := func() caddyfile.Unmarshaler { return new(ratelimit.RateLimit) }
-	adapttest.Run(t, "testdata/caddyfile", newModule)
-	adapttest.Fail(t, newModule,
+	adapttest.Run(t, func() caddyfile.Unmarshaler { return new(ratelimit.RateLimit) },
 		"ratelimit {\n messages 10\n}",
 		"ratelimit {\n messages ten 1m\n}",
 		"ratelimit {\n bytes 10 forever\n}",

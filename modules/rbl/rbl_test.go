@@ -395,10 +395,7 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func TestUnmarshalCaddyfile(t *testing.T) {
-	t.Parallel()
-	newModule := func() caddyfile.Unmarshaler { return new(rbl.RBL) }
-	adapttest.Run(t, "testdata/caddyfile", newModule)
-	adapttest.Fail(t, newModule,
+	adapttest.Run(t, func() caddyfile.Unmarshaler { return new(rbl.RBL) },
 		"rbl {\n zone\n}",
 		"rbl {\n zone a.test maybe\n}",
 		"rbl {\n bogus 1\n}",

@@ -216,10 +216,7 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func TestCaddyfile(t *testing.T) {
-	t.Parallel()
-	newModule := func() caddyfile.Unmarshaler { return new(tarpit.Tarpit) }
-	adapttest.Run(t, "testdata/caddyfile", newModule)
-	adapttest.Fail(t, newModule,
+	adapttest.Run(t, func() caddyfile.Unmarshaler { return new(tarpit.Tarpit) },
 		"tarpit {\n greeting_delay\n}",
 		"tarpit {\n score x 1s\n}",
 		"tarpit {\n nonsense 1\n}",

@@ -24,15 +24,21 @@ const Separator = "----------"
 
 var update = flag.Bool("update", false, "adapttest: write the JSON the code produces into the case files")
 
-// Run runs every case (*.txt) in dir, each as a parallel subtest named
+// Dir is where a module's package keeps its cases.
+const Dir = "testdata/caddyfile"
+
+// Run runs every case (*.txt) in Dir, each as a parallel subtest named
 // after its file: the Caddyfile part goes through the UnmarshalCaddyfile
 // of a module from newModule, whose JSON must equal the JSON part (same
-// fields in the same order; white space does not matter).
-func Run(t *testing.T, dir string, newModule func() caddyfile.Unmarshaler) {
+// fields in the same order; white space does not matter). Each of the
+// Caddyfile blocks in bad must be refused.
+func Run(t *testing.T, newModule func() caddyfile.Unmarshaler, bad ...string) {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(dir, "*.txt"))
+	t.Parallel()
+	fail(t, newModule, bad)
+	files, err := filepath.Glob(filepath.Join(Dir, "*.txt"))
 	if err != nil || len(files) == 0 {
-		t.Fatalf("no cases in %s (%v)", dir, err)
+		t.Fatalf("no cases in %s (%v)", Dir, err)
 	}
 	for _, file := range files {
 		t.Run(strings.TrimSuffix(filepath.Base(file), ".txt"), func(t *testing.T) {
@@ -82,9 +88,9 @@ func split(s string) (caddyfile, json string, ok bool) {
 	return strings.TrimSpace(before), strings.TrimSpace(after), ok
 }
 
-// Fail checks that each of the Caddyfile blocks bad is refused by the
+// fail checks that each of the Caddyfile blocks bad is refused by the
 // UnmarshalCaddyfile of a module from newModule.
-func Fail(t *testing.T, newModule func() caddyfile.Unmarshaler, bad ...string) {
+func fail(t *testing.T, newModule func() caddyfile.Unmarshaler, bad []string) {
 	t.Helper()
 	for _, in := range bad {
 		if err := newModule().UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err == nil {
