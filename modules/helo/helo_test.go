@@ -178,3 +178,31 @@ func TestHeloUnmarshalCaddyfile(t *testing.T) {
 		"helo {\n nope\n}",
 		"helo {\n own_names\n}")
 }
+
+// One session gets at most max_domains_per_session sender domains looked
+// up: a domain looked up already costs no DNS query, a new one beyond the
+// limit is deferred (451 4.7.1) without a query, and a new session starts
+// afresh.
+func TestSenderDomainsPerSessionBounded(t *testing.T) {
+	s := start(t, map[string]any{"max_domains_per_session": 2, "unknown_sender_domain": map[string]any{"action": "reject"}})
+	c, _ := testenv.DialFrom(t, "127.0.0.7", s.addr)
+	c.Expect("EHLO good.client.test", 250)
+	c.Expect("MAIL FROM:<a@mx.test>", 250)
+	c.Expect("RSET", 250)
+	c.Expect("MAIL FROM:<b@nowhere.test>", 250)
+	if r := c.Cmd("RCPT TO:<alice@example.test>"); r.Code != 550 {
+		t.Errorf("unknown domain: want 550 at RCPT, got %s", r)
+	}
+	c.Expect("RSET", 250)
+	before := s.dns.Queries.Load()
+	if r := c.Cmd("MAIL FROM:<c@aonly.test>"); r.Code != 451 || r.Text() != "4.7.1 Too many sender domains in one session, try again later" {
+		t.Errorf("a third domain: want 451 4.7.1 Too many sender domains..., got %s", r)
+	}
+	c.Expect("MAIL FROM:<d@MX.test>", 250) // a domain of the session's
+	if n := s.dns.Queries.Load() - before; n != 0 {
+		t.Errorf("%d DNS queries, want 0", n)
+	}
+	c.Expect("RCPT TO:<alice@example.test>", 250)
+	c2, r := s.rcpt(t, "127.0.0.7", "good.client.test", "c@aonly.test")
+	s.deliver(t, c2, r, "alice")
+}

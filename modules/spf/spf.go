@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/headertext"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/outcome"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/sessiondomains"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -37,6 +39,14 @@ func init() {
 // a temporary refusal (451 4.7.24). A Received-SPF header field (RFC 7208
 // 9.1) records the result on the message. Authenticated sessions are not
 // checked.
+//
+// A session's checks are kept by domain: a later MAIL with the same
+// sender (and HELO) reuses the result, with a new sender of a domain
+// already checked it is checked again. A session may have at most
+// MaxDomainsPerSession distinct domains checked; a MAIL with one more
+// gets "451 4.7.1 Too many sender domains in one session, try again
+// later" (temporary, not scored and not checked), so that one connection
+// cannot make the server query the DNS without end.
 type SPF struct {
 	// Pass: the client is authorized. Default: score 0.
 	Pass *outcome.Outcome `json:"pass,omitempty"`
@@ -62,8 +72,14 @@ type SPF struct {
 	// DisableHeader stops adding the Received-SPF header field.
 	DisableHeader bool `json:"disable_header,omitempty"`
 
+	// MaxDomainsPerSession is how many distinct sender domains (HELO
+	// names for the null sender) one session may have checked; MAIL with
+	// a new domain beyond it is refused with 451 4.7.1. Default: 20.
+	MaxDomainsPerSession int `json:"max_domains_per_session,omitempty"`
+
 	outcomes map[string]outcome.Outcome // by result
 	resolver smtpapp.NetResolver
+	connKey  string // of the session's checks in the connection
 }
 
 // results are the outcome settings, one a result, named as the results.
@@ -97,6 +113,10 @@ func (s *SPF) Provision(ctx caddy.Context) error {
 	if s.outcomes, err = outcome.Resolve(s, results); err != nil {
 		return err
 	}
+	if err := sessiondomains.Validate(&s.MaxDomainsPerSession); err != nil {
+		return err
+	}
+	s.connKey = fmt.Sprintf("smtp.handlers.spf@%p", s)
 	return outcome.Timeout(&s.Timeout, 20*time.Second)
 }
 
@@ -107,7 +127,8 @@ type check struct {
 	domain   string
 	identity string // mailfrom or helo
 	from     string
-	ip       string
+	addr     netip.Addr // the client's
+	ip       string     // addr as text
 	helo     string
 }
 
@@ -116,7 +137,12 @@ func (s *SPF) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
 	if outcome.Unchecked(c) {
 		return nil
 	}
-	ck := s.check(ctx, c, from)
+	ck, ok := s.checkOnce(ctx, c, from)
+	if !ok {
+		c.Logger().Info("SPF not checked: too many sender domains in the session", zap.String("module", "smtp.handlers.spf"),
+			zap.String("domain", ck.domain), zap.Int("max_domains_per_session", s.MaxDomainsPerSession))
+		return sessiondomains.Refusal()
+	}
 	c.SetSPF(smtpapp.SPFResult{From: from, Result: string(ck.result), Domain: ck.domain, Identity: ck.identity})
 	o := s.outcomes[string(ck.result)]
 	fields := []zap.Field{zap.String("module", "smtp.handlers.spf"), zap.String("result", string(ck.result)),
@@ -131,32 +157,69 @@ func (s *SPF) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
 		smtpapp.Errorf(451, [3]int{4, 7, 24}, fmt.Sprintf("SPF %s: %s; try again later", ck.result, ck.explain())))
 }
 
-func (s *SPF) check(ctx context.Context, c *smtpapp.Conn, from string) check {
-	ip := c.RemoteIP().Unmap()
-	helo := c.Helo()
-	ck := check{from: from, ip: ip.String(), helo: helo, identity: "mailfrom"}
-	sender := from
-	if from == "" {
-		// RFC 7208 2.4: the null sender is checked as postmaster@<HELO>.
-		ck.identity = "helo"
-		sender = "postmaster@" + helo
-	}
-	if at := strings.LastIndexByte(sender, '@'); at >= 0 {
-		ck.domain = strings.ToLower(sender[at+1:])
-	}
-	if ck.identity == "helo" && !smtpapp.ValidHostname(helo) {
-		// An address literal or a malformed name: nothing to check.
+// checkOnce checks the sender, or reuses the session's check of the same
+// sender and HELO. ok is false, and nothing checked, when the sender's
+// domain would be one too many for the session.
+func (s *SPF) checkOnce(ctx context.Context, c *smtpapp.Conn, from string) (ck check, ok bool) {
+	ck = newCheck(c, from)
+	if ck.identity == "helo" && !smtpapp.ValidHostname(ck.helo) {
+		// An address literal or a malformed name: nothing to look up.
 		ck.result, ck.err = spf.None, errors.New("the HELO name is not a domain")
-		return ck
+		return ck, true
 	}
+	checks := s.sessionChecks(c)
+	if prev, ok := checks.Get(ck.domain); ok && prev.from == ck.from && prev.helo == ck.helo {
+		return prev, true
+	}
+	if !checks.Admit(ck.domain) {
+		return ck, false
+	}
+	s.evaluate(ctx, &ck)
+	checks.Put(ck.domain, ck)
+	return ck, true
+}
+
+// sessionChecks are the session's checks by domain.
+func (s *SPF) sessionChecks(c *smtpapp.Conn) *sessiondomains.Cache[check] {
+	if v, ok := c.Get(s.connKey).(*sessiondomains.Cache[check]); ok {
+		return v
+	}
+	v := sessiondomains.New[check](s.MaxDomainsPerSession)
+	c.Set(s.connKey, v)
+	return v
+}
+
+// newCheck is the check of the session's sender: its identity and domain.
+func newCheck(c *smtpapp.Conn, from string) check {
+	addr := c.RemoteIP().Unmap()
+	ck := check{from: from, addr: addr, ip: addr.String(), helo: c.Helo(), identity: "mailfrom"}
+	if at := strings.LastIndexByte(ck.sender(), '@'); at >= 0 {
+		ck.domain = strings.ToLower(ck.sender()[at+1:])
+	}
+	if from == "" {
+		ck.identity = "helo"
+	}
+	return ck
+}
+
+// sender is the address checked: RFC 7208 2.4 checks the null sender as
+// postmaster@<HELO>.
+func (ck check) sender() string {
+	if ck.from == "" {
+		return "postmaster@" + ck.helo
+	}
+	return ck.from
+}
+
+// evaluate runs check_host (RFC 7208 4) for the check's sender.
+func (s *SPF) evaluate(ctx context.Context, ck *check) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(s.Timeout))
 	defer cancel()
-	ck.result, ck.err = spf.CheckHostWithSender(net.IP(ip.AsSlice()), helo, sender,
+	ck.result, ck.err = spf.CheckHostWithSender(net.IP(ck.addr.AsSlice()), ck.helo, ck.sender(),
 		spf.WithResolver(s.resolver), spf.WithContext(ctx))
 	if ck.result == "" {
 		ck.result = spf.TempError
 	}
-	return ck
 }
 
 // explain is the human part of a result (RFC 7208 9.1 comment).
@@ -240,14 +303,21 @@ func kvValue(s string) string {
 //		pass|fail|softfail|neutral|none|temperror|permerror reject|defer|<score>
 //		timeout <duration>
 //		header off
+//		max_domains_per_session <n>
 //	}
 func (s *SPF) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return outcome.UnmarshalCaddyfile(d, s, results, &s.Timeout, func(d *caddyfile.Dispenser) (bool, error) {
-		if d.Val() != "header" {
+		var err error
+		switch d.Val() {
+		case "header":
+			var on bool
+			on, err = caddyargs.OnOff(d)
+			s.DisableHeader = !on
+		case "max_domains_per_session":
+			s.MaxDomainsPerSession, err = caddyargs.Int(d)
+		default:
 			return false, nil
 		}
-		on, err := caddyargs.OnOff(d)
-		s.DisableHeader = !on
 		return true, err
 	})
 }
