@@ -3,6 +3,7 @@ package queue
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -200,4 +201,36 @@ func FuzzReply(f *testing.F) {
 			t.Fatalf("class of %d", r.Code)
 		}
 	})
+}
+
+// Plain text the server sends right after its 220 to STARTTLS is not
+// taken as a reply inside TLS (STARTTLS response injection).
+func TestSTARTTLSInjection(t *testing.T) {
+	addr := hostileServer(t, func(w io.Writer) error {
+		r := bufio.NewReader(w.(io.Reader))
+		io.WriteString(w, "220 mx.example.org ESMTP\r\n")
+		r.ReadString('\n') // EHLO
+		io.WriteString(w, "250-mx.example.org\r\n250 STARTTLS\r\n")
+		r.ReadString('\n') // STARTTLS
+		io.WriteString(w, "220 go ahead\r\n250 injected\r\n")
+		_, err := r.ReadString('\n')
+		return err
+	})
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(conn, 10*time.Second)
+	defer c.close()
+	if err := c.greet(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.hello("client.example.test"); err != nil {
+		t.Fatal(err)
+	}
+	err = c.startTLS(t.Context(), &tls.Config{InsecureSkipVerify: true})
+	var hs *errTLSHandshake
+	if !errors.As(err, &hs) || !strings.Contains(err.Error(), "after its 220") {
+		t.Fatalf("want the injected reply refused, got %v", err)
+	}
 }
