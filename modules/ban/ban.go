@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -133,11 +132,9 @@ func (activeBans) Collect(ch chan<- prometheus.Metric) {
 func (h *Ban) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.errs = &limitstore.ErrorLog{Logger: h.logger, Module: moduleID}
-	if h.Zone == "" {
-		h.Zone = "default"
-	}
-	if strings.ContainsAny(h.Zone, ": \t\r\n") {
-		return fmt.Errorf("zone: %q must not contain colons or spaces", h.Zone)
+	var err error
+	if h.Zone, err = limitstore.ZoneName(h.Zone); err != nil {
+		return err
 	}
 	if h.Threshold < 0 {
 		return fmt.Errorf("threshold: must be at least 1")
@@ -157,7 +154,6 @@ func (h *Ban) Provision(ctx caddy.Context) error {
 	if h.BanDuration == 0 {
 		h.BanDuration = caddy.Duration(time.Hour)
 	}
-	var err error
 	if h.v4, h.v6, err = limitstore.ValidatePrefixLengths(h.IPv4Prefix, h.IPv6Prefix); err != nil {
 		return err
 	}
@@ -404,61 +400,38 @@ func zones() []*Ban {
 //		}
 //	}
 func (h *Ban) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // module name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		opt := d.Val()
-		switch opt {
-		case "zone":
-			if !d.Args(&h.Zone) {
-				return d.ArgErr()
-			}
+	shared := limitstore.Options{Zone: &h.Zone, IPv4Prefix: &h.IPv4Prefix, IPv6Prefix: &h.IPv6Prefix, Store: &h.Store}
+	return shared.UnmarshalCaddyfile(d, func(d *caddyfile.Dispenser) (bool, error) {
+		var err error
+		switch d.Val() {
 		case "threshold":
-			args := d.RemainingArgs()
-			if len(args) < 1 || len(args) > 2 {
-				return d.ArgErr()
-			}
-			n, err := strconv.Atoi(args[0])
-			if err != nil || n < 1 {
-				return d.Errf("threshold: %q is not a positive count", args[0])
-			}
-			h.Threshold = n
-			if len(args) == 2 {
-				dur, err := caddy.ParseDuration(args[1])
-				if err != nil {
-					return d.Errf("threshold: window: %v", err)
-				}
-				h.Window = caddy.Duration(dur)
-			}
-		case "window", "ban_duration":
-			dur, err := caddyargs.Duration(d)
-			if err != nil {
-				return err
-			}
-			*map[string]*caddy.Duration{"window": &h.Window, "ban_duration": &h.BanDuration}[opt] = dur
-		case "ipv4_prefix", "ipv6_prefix":
-			n, err := caddyargs.Int(d)
-			if err != nil {
-				return err
-			}
-			*map[string]*int{"ipv4_prefix": &h.IPv4Prefix, "ipv6_prefix": &h.IPv6Prefix}[opt] = n
-		case "events", "allow", "block":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			p := map[string]*[]string{"events": &h.Events, "allow": &h.Allow, "block": &h.Block}[opt]
-			*p = append(*p, args...)
-		case "store":
-			h.Store = &limitstore.Config{}
-			if err := h.Store.UnmarshalCaddyfile(d); err != nil {
-				return err
-			}
+			err = h.unmarshalThreshold(d)
+		case "window":
+			h.Window, err = caddyargs.Duration(d)
+		case "ban_duration":
+			h.BanDuration, err = caddyargs.Duration(d)
+		case "events":
+			err = caddyargs.AppendArgs(d, &h.Events)
+		case "allow":
+			err = caddyargs.AppendArgs(d, &h.Allow)
+		case "block":
+			err = caddyargs.AppendArgs(d, &h.Block)
 		default:
-			return d.Errf("unrecognized ban option %q", opt)
+			return false, nil
 		}
+		return true, err
+	})
+}
+
+// unmarshalThreshold parses `threshold <count> [<window>]`.
+func (h *Ban) unmarshalThreshold(d *caddyfile.Dispenser) error {
+	n, window, err := caddyargs.CountPer(d, nil, true)
+	if err != nil {
+		return err
+	}
+	h.Threshold = int(n)
+	if window != 0 {
+		h.Window = window
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 	"github.com/caddy-smtp/caddy-smtp/modules/ban"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/abusetest"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/adapttest"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/limitstore/redistest"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
@@ -304,32 +305,11 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func TestCaddyfile(t *testing.T) {
-	var h ban.Ban
-	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`ban {
-		zone mx
-		threshold 20 10m
-		ban_duration 2h
-		events auth_failed relay_denied
-		ipv4_prefix 24
-		allow 10.0.0.0/8
-		block 203.0.113.0/24 198.51.100.7
-		store redis {
-			address 10.1.1.1:6379
-		}
-	}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, _ := json.Marshal(&h)
-	want := `{"zone":"mx","threshold":20,"window":600000000000,"ban_duration":7200000000000,"events":["auth_failed","relay_denied"],` +
-		`"ipv4_prefix":24,"allow":["10.0.0.0/8"],"block":["203.0.113.0/24","198.51.100.7"],"store":{"type":"redis","address":"10.1.1.1:6379"}}`
-	if string(got) != want {
-		t.Errorf("got  %s\nwant %s", got, want)
-	}
-	for _, bad := range []string{"ban {\n threshold\n}", "ban {\n threshold 0\n}", "ban {\n threshold 3 soon\n}", "ban {\n allow\n}", "ban {\n nonsense\n}", "ban x"} {
-		var h ban.Ban
-		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
-			t.Errorf("%q: no error", bad)
-		}
-	}
+	adapttest.Run(t, func() caddyfile.Unmarshaler { return new(ban.Ban) },
+		"ban {\n threshold\n}",
+		"ban {\n threshold 0\n}",
+		"ban {\n threshold 3 soon\n}",
+		"ban {\n allow\n}",
+		"ban {\n nonsense\n}",
+		"ban x")
 }

@@ -4,8 +4,8 @@
 // Authentication-Results header field (RFC 8601) with the SPF, DKIM and
 // DMARC results.
 //
-// For DMARC's SPF alignment it takes the result the spf handler left in
-// the connection (key "spf", see modules/spf); without it, it runs the SPF
+// For DMARC's SPF alignment it takes the result the spf handler recorded
+// for the transaction (smtpapp.Conn.SPF); without it, it runs the SPF
 // check itself (for alignment and the header only, without points).
 package dmarc
 
@@ -34,7 +34,6 @@ import (
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/headertext"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/outcome"
-	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -123,15 +122,11 @@ func (DMARC) CaddyModule() caddy.ModuleInfo {
 // Provision checks the config.
 func (m *DMARC) Provision(ctx caddy.Context) error {
 	m.logger = ctx.Logger()
-	app := smtpapp.AppFrom(ctx)
-	if app == nil {
-		return fmt.Errorf("the dmarc handler works only in the smtp app")
-	}
-	if err := promreg.Register(ctx.GetMetricsRegistry(), metricDKIM, metricDMARC); err != nil {
-		return fmt.Errorf("registering metrics: %v", err)
+	app, err := outcome.App(ctx, "dmarc", metricDKIM, metricDMARC)
+	if err != nil {
+		return err
 	}
 	m.resolver = smtpapp.NetResolver{R: app.DNS()}
-	var err error
 	if m.outcomes, err = outcome.Resolve(m, outcomeFields); err != nil {
 		return err
 	}
@@ -141,13 +136,7 @@ func (m *DMARC) Provision(ctx caddy.Context) error {
 	if m.MaxSignatures == 0 {
 		m.MaxSignatures = 5
 	}
-	if m.Timeout < 0 {
-		return fmt.Errorf("timeout: must not be negative")
-	}
-	if m.Timeout == 0 {
-		m.Timeout = caddy.Duration(20 * time.Second)
-	}
-	return nil
+	return outcome.Timeout(&m.Timeout, 20*time.Second)
 }
 
 // report is what the checks of one message found.
@@ -173,7 +162,7 @@ type dkimResult struct {
 
 // Data checks the message and applies the outcomes.
 func (m *DMARC) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message) error {
-	if c.Account() != "" || c.Trusted() {
+	if outcome.Unchecked(c) {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(m.Timeout))
@@ -270,8 +259,8 @@ func (m *DMARC) evaluate(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Mess
 
 	// SPF: the spf handler's result for this transaction, or our own.
 	from := c.From()
-	if v, ok := c.Get("spf").(map[string]string); ok && v["from"] == from {
-		rep.spfResult, rep.spfDomain, rep.spfIdentity = v["result"], v["domain"], v["identity"]
+	if r, ok := c.SPF(); ok {
+		rep.spfResult, rep.spfDomain, rep.spfIdentity = r.Result, r.Domain, r.Identity
 	} else {
 		rep.spfResult, rep.spfDomain, rep.spfIdentity = m.checkSPF(ctx, c, from)
 	}
@@ -532,41 +521,18 @@ func pvalue(s string) string {
 //		timeout <duration>
 //	}
 func (m *DMARC) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // module name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		switch opt {
+	return outcome.UnmarshalCaddyfile(d, m, outcomeFields, &m.Timeout, func(d *caddyfile.Dispenser) (bool, error) {
+		var err error
+		switch d.Val() {
 		case "ignore_percent":
 			m.IgnorePercent = true
-			continue
 		case "max_signatures":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
-			}
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				return d.Errf("max_signatures: %v", err)
-			}
-			m.MaxSignatures = n
-			continue
-		case "timeout":
-			var err error
-			if m.Timeout, err = caddyargs.Duration(d); err != nil {
-				return err
-			}
-			continue
+			m.MaxSignatures, err = caddyargs.Int(d)
+		default:
+			return false, nil
 		}
-		if ok, err := outcome.Unmarshal(d, m, outcomeFields); !ok {
-			return d.Errf("unrecognized dmarc option %q", opt)
-		} else if err != nil {
-			return err
-		}
-	}
-	return nil
+		return true, err
+	})
 }
 
 // Interface guards

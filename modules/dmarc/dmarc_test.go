@@ -8,7 +8,6 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -22,6 +21,7 @@ import (
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
 	"github.com/caddy-smtp/caddy-smtp/modules/dmarc"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/adapttest"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/maildir"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/spf"
 )
@@ -314,30 +314,10 @@ func TestDMARCConfigErrors(t *testing.T) {
 }
 
 func TestDMARCUnmarshalCaddyfile(t *testing.T) {
-	in := `dmarc {
-		fail_reject 8
-		fail_quarantine score 5
-		dkim_fail 0.5
-		temperror defer
-		ignore_percent
-		max_signatures 3
-		timeout 5s
-	}`
-	var m dmarc.DMARC
-	if err := m.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := json.Marshal(m)
-	want := `{"dkim_fail":{"score":0.5},"fail_quarantine":{"score":5},"fail_reject":{"score":8},"temperror":{"action":"defer"},"ignore_percent":true,"max_signatures":3,"timeout":5000000000}`
-	if string(got) != want {
-		t.Fatalf("got  %s\nwant %s", got, want)
-	}
-	for _, bad := range []string{"dmarc {\n fail_reject maybe\n}", "dmarc {\n nope\n}", "dmarc {\n max_signatures x\n}"} {
-		var m dmarc.DMARC
-		if err := m.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
-			t.Errorf("%q: want an error", bad)
-		}
-	}
+	adapttest.Run(t, func() caddyfile.Unmarshaler { return new(dmarc.DMARC) },
+		"dmarc {\n fail_reject maybe\n}",
+		"dmarc {\n nope\n}",
+		"dmarc {\n max_signatures x\n}")
 }
 
 // TestFromSpoofingTricks: "From :" is a From field, so a p=reject policy

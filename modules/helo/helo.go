@@ -18,7 +18,7 @@ import (
 
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/outcome"
-	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/sessiondomains"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -42,6 +42,12 @@ func init() {
 //
 // Each failed check adds its points to the spam score, or refuses each
 // RCPT of the transaction. A DNS failure never refuses anything.
+//
+// Sender domains are looked up once per session, and a session may have
+// at most MaxDomainsPerSession distinct ones looked up: a MAIL with one
+// more gets "451 4.7.1 Too many sender domains in one session, try again
+// later" (temporary; none of the checks run for it), so that one
+// connection cannot make the server query the DNS without end.
 // Authenticated sessions are not checked. The reverse DNS result is
 // recorded as "iprev" in an Authentication-Results header field.
 type HELO struct {
@@ -73,6 +79,11 @@ type HELO struct {
 	// Timeout for the DNS lookups of each check. Default: 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
+	// MaxDomainsPerSession is how many distinct MAIL FROM domains one
+	// session may have looked up; MAIL with a new domain beyond it is
+	// refused with 451 4.7.1. Default: 20.
+	MaxDomainsPerSession int `json:"max_domains_per_session,omitempty"`
+
 	outcomes map[string]outcome.Outcome
 	ownNames map[string]bool
 	ownAddrs []netip.Prefix
@@ -102,14 +113,10 @@ func (HELO) CaddyModule() caddy.ModuleInfo {
 
 // Provision checks the config.
 func (h *HELO) Provision(ctx caddy.Context) error {
-	h.app = smtpapp.AppFrom(ctx)
-	if h.app == nil {
-		return fmt.Errorf("the helo handler works only in the smtp app")
-	}
-	if err := promreg.Register(ctx.GetMetricsRegistry(), metricChecks); err != nil {
-		return fmt.Errorf("registering metrics: %v", err)
-	}
 	var err error
+	if h.app, err = outcome.App(ctx, "helo", metricChecks); err != nil {
+		return err
+	}
 	if h.outcomes, err = outcome.Resolve(h, checks); err != nil {
 		return err
 	}
@@ -124,11 +131,11 @@ func (h *HELO) Provision(ctx caddy.Context) error {
 	if h.ownAddrs, err = smtpapp.ParsePrefixes("own_addresses", h.OwnAddresses); err != nil {
 		return err
 	}
-	if h.Timeout < 0 {
-		return fmt.Errorf("timeout: must not be negative")
+	if err := outcome.Timeout(&h.Timeout, 10*time.Second); err != nil {
+		return err
 	}
-	if h.Timeout == 0 {
-		h.Timeout = caddy.Duration(10 * time.Second)
+	if err := sessiondomains.Validate(&h.MaxDomainsPerSession); err != nil {
+		return err
 	}
 	h.connKey = fmt.Sprintf("smtp.handlers.helo@%p", h)
 	return nil
@@ -143,8 +150,8 @@ type connState struct {
 	heloName string
 	heloRes  []failure // the HELO checks of heloName
 	heloDone bool
-	domains  map[string]domainResult
-	refusal  error // of the current transaction
+	domains  *sessiondomains.Cache[domainResult] // sender domains looked up
+	refusal  error                               // of the current transaction
 }
 
 type rdnsResult struct {
@@ -176,7 +183,7 @@ func (h *HELO) state(c *smtpapp.Conn) *connState {
 	if st, ok := c.Get(h.connKey).(*connState); ok {
 		return st
 	}
-	st := &connState{rdnsDone: make(chan struct{}), domains: map[string]domainResult{}}
+	st := &connState{rdnsDone: make(chan struct{}), domains: sessiondomains.New[domainResult](h.MaxDomainsPerSession)}
 	c.Set(h.connKey, st)
 	ip := c.RemoteIP().Unmap()
 	go func() {
@@ -225,10 +232,22 @@ func (h *HELO) fcrdns(ctx context.Context, ip netip.Addr) rdnsResult {
 
 // Mail runs the checks for this transaction: points now, a refusal at RCPT.
 func (h *HELO) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
-	if c.Account() != "" || c.Trusted() {
+	if outcome.Unchecked(c) {
 		return nil
 	}
 	st := h.state(c)
+	domain := ""
+	if at := strings.LastIndexByte(from, '@'); at >= 0 {
+		domain = from[at+1:]
+	}
+	if domain != "" && !st.domains.Admit(domain) {
+		st.mu.Lock()
+		st.refusal = nil
+		st.mu.Unlock()
+		c.Logger().Info("sender domain not checked: too many sender domains in the session", zap.String("module", "smtp.handlers.helo"),
+			zap.String("domain", clean(domain)), zap.Int("max_domains_per_session", h.MaxDomainsPerSession))
+		return sessiondomains.Refusal()
+	}
 	var fails []failure
 	fails = append(fails, h.heloChecks(c, st)...)
 
@@ -238,8 +257,8 @@ func (h *HELO) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
 	case <-ctx.Done():
 	}
 
-	if at := strings.LastIndexByte(from, '@'); at >= 0 {
-		fails = append(fails, h.senderDomain(ctx, c, st, from[at+1:])...)
+	if domain != "" {
+		fails = append(fails, h.senderDomain(ctx, c, st, domain)...)
 	}
 
 	var refusal error
@@ -265,7 +284,7 @@ func (h *HELO) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
 
 // Rcpt refuses the recipient when a check of this transaction said so.
 func (h *HELO) Rcpt(ctx context.Context, c *smtpapp.Conn, rcpt smtpapp.Recipient) error {
-	if c.Account() != "" || c.Trusted() {
+	if outcome.Unchecked(c) {
 		return nil
 	}
 	st, ok := c.Get(h.connKey).(*connState)
@@ -374,17 +393,13 @@ func (h *HELO) rdnsFailures(c *smtpapp.Conn, st *connState) []failure {
 // senderDomain checks that the MAIL FROM domain can receive mail.
 func (h *HELO) senderDomain(ctx context.Context, c *smtpapp.Conn, st *connState, domain string) []failure {
 	domain = strings.ToLower(domain)
-	st.mu.Lock()
-	r, ok := st.domains[domain]
-	st.mu.Unlock()
+	r, ok := st.domains.Get(domain)
 	if !ok {
 		ctx, cancel := context.WithTimeout(ctx, time.Duration(h.Timeout))
 		r = h.lookupDomain(ctx, domain)
 		cancel()
 		metricChecks.WithLabelValues("sender_domain", r.result).Inc()
-		st.mu.Lock()
-		st.domains[domain] = r
-		st.mu.Unlock()
+		st.domains.Put(domain, r)
 	}
 	switch r.result {
 	case "fail":
@@ -422,7 +437,7 @@ func (h *HELO) lookupDomain(ctx context.Context, domain string) domainResult {
 
 // Data records the reverse DNS result as iprev (RFC 8601 3).
 func (h *HELO) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message) error {
-	if c.Account() != "" || c.Trusted() {
+	if outcome.Unchecked(c) {
 		return nil
 	}
 	st, ok := c.Get(h.connKey).(*connState)
@@ -465,40 +480,22 @@ func clean(s string) string {
 //		own_names <name>...
 //		own_addresses <address|cidr>...
 //		timeout <duration>
+//		max_domains_per_session <n>
 //	}
 func (h *HELO) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // module name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		switch opt {
-		case "own_names", "own_addresses":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			if opt == "own_names" {
-				h.OwnNames = append(h.OwnNames, args...)
-			} else {
-				h.OwnAddresses = append(h.OwnAddresses, args...)
-			}
-			continue
-		case "timeout":
+	return outcome.UnmarshalCaddyfile(d, h, checks, &h.Timeout, func(d *caddyfile.Dispenser) (bool, error) {
+		switch d.Val() {
+		case "own_names":
+			return true, caddyargs.AppendArgs(d, &h.OwnNames)
+		case "own_addresses":
+			return true, caddyargs.AppendArgs(d, &h.OwnAddresses)
+		case "max_domains_per_session":
 			var err error
-			if h.Timeout, err = caddyargs.Duration(d); err != nil {
-				return err
-			}
-			continue
+			h.MaxDomainsPerSession, err = caddyargs.Int(d)
+			return true, err
 		}
-		if ok, err := outcome.Unmarshal(d, h, checks); !ok {
-			return d.Errf("unrecognized helo option %q", opt)
-		} else if err != nil {
-			return err
-		}
-	}
-	return nil
+		return false, nil
+	})
 }
 
 // Interface guards

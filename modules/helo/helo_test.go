@@ -1,7 +1,6 @@
 package helo_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
 	"github.com/caddy-smtp/caddy-smtp/modules/helo"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/adapttest"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/maildir"
 )
 
@@ -173,27 +173,36 @@ func TestHeloConfigErrors(t *testing.T) {
 }
 
 func TestHeloUnmarshalCaddyfile(t *testing.T) {
-	in := `helo {
-		forged reject
-		no_rdns 2
-		rdns_mismatch score 1.5
-		own_names mx.example.org
-		own_addresses 192.0.2.0/24
-		timeout 3s
-	}`
-	var h helo.HELO
-	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
-		t.Fatal(err)
+	adapttest.Run(t, func() caddyfile.Unmarshaler { return new(helo.HELO) },
+		"helo {\n forged maybe\n}",
+		"helo {\n nope\n}",
+		"helo {\n own_names\n}")
+}
+
+// One session gets at most max_domains_per_session sender domains looked
+// up: a domain looked up already costs no DNS query, a new one beyond the
+// limit is deferred (451 4.7.1) without a query, and a new session starts
+// afresh.
+func TestSenderDomainsPerSessionBounded(t *testing.T) {
+	s := start(t, map[string]any{"max_domains_per_session": 2, "unknown_sender_domain": map[string]any{"action": "reject"}})
+	c, _ := testenv.DialFrom(t, "127.0.0.7", s.addr)
+	c.Expect("EHLO good.client.test", 250)
+	c.Expect("MAIL FROM:<a@mx.test>", 250)
+	c.Expect("RSET", 250)
+	c.Expect("MAIL FROM:<b@nowhere.test>", 250)
+	if r := c.Cmd("RCPT TO:<alice@example.test>"); r.Code != 550 {
+		t.Errorf("unknown domain: want 550 at RCPT, got %s", r)
 	}
-	got, _ := json.Marshal(h)
-	want := `{"forged":{"action":"reject"},"no_rdns":{"score":2},"rdns_mismatch":{"score":1.5},"own_names":["mx.example.org"],"own_addresses":["192.0.2.0/24"],"timeout":3000000000}`
-	if string(got) != want {
-		t.Fatalf("got  %s\nwant %s", got, want)
+	c.Expect("RSET", 250)
+	before := s.dns.Queries.Load()
+	if r := c.Cmd("MAIL FROM:<c@aonly.test>"); r.Code != 451 || r.Text() != "4.7.1 Too many sender domains in one session, try again later" {
+		t.Errorf("a third domain: want 451 4.7.1 Too many sender domains..., got %s", r)
 	}
-	for _, bad := range []string{"helo {\n forged maybe\n}", "helo {\n nope\n}", "helo {\n own_names\n}"} {
-		var h helo.HELO
-		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
-			t.Errorf("%q: want an error", bad)
-		}
+	c.Expect("MAIL FROM:<d@MX.test>", 250) // a domain of the session's
+	if n := s.dns.Queries.Load() - before; n != 0 {
+		t.Errorf("%d DNS queries, want 0", n)
 	}
+	c.Expect("RCPT TO:<alice@example.test>", 250)
+	c2, r := s.rcpt(t, "127.0.0.7", "good.client.test", "c@aonly.test")
+	s.deliver(t, c2, r, "alice")
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -204,12 +205,8 @@ func allFailed(failed []smtpapp.FailedRecipient) error {
 //		recipient_address mailbox|original
 //	}
 func (l *LMTP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // module name
-	if d.NextArg() {
-		l.Address = d.Val()
-	}
-	if d.NextArg() {
-		return d.ArgErr()
+	if err := caddyargs.Header(d, &l.Address); err != nil {
+		return err
 	}
 	for d.NextBlock(0) {
 		switch d.Val() {
@@ -226,15 +223,10 @@ func (l *LMTP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "timeout":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
+			var err error
+			if l.Timeout, err = caddyargs.Duration(d); err != nil {
+				return err
 			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil {
-				return d.Errf("timeout: %v", err)
-			}
-			l.Timeout = caddy.Duration(dur)
 		default:
 			return d.Errf("unrecognized lmtp option %q", d.Val())
 		}

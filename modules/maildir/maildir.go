@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -289,12 +290,8 @@ func syncDir(dir string) error {
 //		junk_folder <name>
 //	}
 func (m *Maildir) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // module name
-	if d.NextArg() {
-		m.Root = d.Val()
-	}
-	if d.NextArg() {
-		return d.ArgErr()
+	if err := caddyargs.Header(d, &m.Root); err != nil {
+		return err
 	}
 	for d.NextBlock(0) {
 		switch d.Val() {

@@ -3,7 +3,6 @@ package queue
 import (
 	"strconv"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
@@ -46,6 +45,7 @@ import (
 //			command <duration>
 //			data <duration>
 //		}
+//		allow_private_destinations
 //	}
 func (q *Queue) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // module name
@@ -56,167 +56,218 @@ func (q *Queue) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	for d.NextBlock(0) {
-		switch dir := d.Val(); dir {
-		case "path":
-			if !d.Args(&q.Path) {
-				return d.ArgErr()
+		if err := q.unmarshalOption(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmarshalOption parses one option of the queue block.
+func (q *Queue) unmarshalOption(d *caddyfile.Dispenser) error {
+	var err error
+	switch dir := d.Val(); dir {
+	case "path":
+		return oneArg(d, &q.Path)
+	case "hostname":
+		return oneArg(d, &q.Hostname)
+	case "max_concurrency":
+		q.MaxConcurrency, err = caddyargs.Int(d)
+	case "max_per_domain":
+		q.MaxPerDomain, err = caddyargs.Int(d)
+	case "max_recipients":
+		q.MaxRecipients, err = caddyargs.Int(d)
+	case "remote_port":
+		q.RemotePort, err = caddyargs.Int(d)
+	case "allow_private_destinations":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		q.AllowPrivateDestinations = true
+	case "retry":
+		q.Retry = &RetryConfig{}
+		err = q.Retry.unmarshalCaddyfile(d)
+	case "tls":
+		q.TLS = &TLSPolicy{}
+		err = q.TLS.unmarshalCaddyfile(d)
+	case "smarthost":
+		q.Smarthost = &Smarthost{}
+		err = q.Smarthost.unmarshalCaddyfile(d)
+	case "dkim":
+		q.DKIM = &DKIMConfig{}
+		err = q.DKIM.unmarshalCaddyfile(d)
+	case "timeouts":
+		q.Timeouts = &Timeouts{}
+		err = q.Timeouts.unmarshalCaddyfile(d)
+	default:
+		return d.Errf("unrecognized queue option %q", dir)
+	}
+	return err
+}
+
+// oneArg reads the single argument of an option into dst.
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	if !d.Args(dst) {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// unmarshalCaddyfile parses `retry { ... }`.
+func (r *RetryConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(1) {
+		var err error
+		switch f := d.Val(); f {
+		case "initial":
+			r.Initial, err = caddyargs.Duration(d)
+		case "max":
+			r.Max, err = caddyargs.Duration(d)
+		case "give_up":
+			r.GiveUp, err = caddyargs.Duration(d)
+		case "warn_after":
+			r.WarnAfter, err = caddyargs.Duration(d)
+		case "multiplier":
+			r.Multiplier, err = floatArg(d, "retry")
+		case "jitter":
+			r.Jitter, err = floatArg(d, "retry")
+			if r.Jitter == 0 {
+				r.Jitter = -1 // "jitter 0" means none; 0 in JSON means the default
 			}
-		case "hostname":
-			if !d.Args(&q.Hostname) {
-				return d.ArgErr()
-			}
-		case "max_concurrency", "max_per_domain", "max_recipients", "remote_port":
-			n, err := caddyargs.Int(d)
-			if err != nil {
+		default:
+			return d.Errf("unrecognized retry option %q", f)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// floatArg parses `<option> <number>` in block.
+func floatArg(d *caddyfile.Dispenser, block string) (float64, error) {
+	opt := d.Val()
+	var v string
+	if !d.Args(&v) {
+		return 0, d.ArgErr()
+	}
+	x, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		return 0, d.Errf("%s %s: %v", block, opt, err)
+	}
+	return x, nil
+}
+
+// unmarshalCaddyfile parses `tls off|opportunistic|require|verify { ... }`.
+func (t *TLSPolicy) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		switch d.Val() {
+		case "off":
+			t.Disable = true
+		case "opportunistic":
+		case "require":
+			t.Require = true
+		case "verify":
+			t.Verify = true
+		default:
+			return d.Errf("tls: %q is not off, opportunistic, require or verify", d.Val())
+		}
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(1) {
+		switch d.Val() {
+		case "ca_file":
+			if err := oneArg(d, &t.CAFile); err != nil {
 				return err
 			}
-			*map[string]*int{"max_concurrency": &q.MaxConcurrency, "max_per_domain": &q.MaxPerDomain,
-				"max_recipients": &q.MaxRecipients, "remote_port": &q.RemotePort}[dir] = n
-		case "retry":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			r := &RetryConfig{}
-			for d.NextBlock(1) {
-				switch f := d.Val(); f {
-				case "initial", "max", "give_up", "warn_after":
-					dur, err := caddyargs.Duration(d)
-					if err != nil {
-						return err
-					}
-					*map[string]*caddy.Duration{"initial": &r.Initial, "max": &r.Max, "give_up": &r.GiveUp, "warn_after": &r.WarnAfter}[f] = dur
-				case "multiplier", "jitter":
-					var v string
-					if !d.Args(&v) {
-						return d.ArgErr()
-					}
-					x, err := strconv.ParseFloat(v, 64)
-					if err != nil {
-						return d.Errf("retry %s: %v", f, err)
-					}
-					if f == "multiplier" {
-						r.Multiplier = x
-					} else {
-						r.Jitter = x
-						if x == 0 {
-							r.Jitter = -1
-						}
-					}
-				default:
-					return d.Errf("unrecognized retry option %q", f)
-				}
-			}
-			q.Retry = r
-		case "tls":
-			t := &TLSPolicy{}
-			if d.NextArg() {
-				switch d.Val() {
-				case "off":
-					t.Disable = true
-				case "opportunistic":
-				case "require":
-					t.Require = true
-				case "verify":
-					t.Verify = true
-				default:
-					return d.Errf("tls: %q is not off, opportunistic, require or verify", d.Val())
-				}
-			}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			for d.NextBlock(1) {
-				switch d.Val() {
-				case "ca_file":
-					if !d.Args(&t.CAFile) {
-						return d.ArgErr()
-					}
-				default:
-					return d.Errf("unrecognized tls option %q", d.Val())
-				}
-			}
-			q.TLS = t
-		case "smarthost":
-			sh := &Smarthost{}
-			if !d.Args(&sh.Address) {
-				return d.ArgErr()
-			}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			for d.NextBlock(1) {
-				switch d.Val() {
-				case "username":
-					if !d.Args(&sh.Username) {
-						return d.ArgErr()
-					}
-				case "password":
-					if !d.Args(&sh.Password) {
-						return d.ArgErr()
-					}
-				case "tls":
-					if !d.Args(&sh.TLS) {
-						return d.ArgErr()
-					}
-				case "insecure_skip_verify":
-					sh.InsecureSkipVerify = true
-				case "ca_file":
-					if !d.Args(&sh.CAFile) {
-						return d.ArgErr()
-					}
-				default:
-					return d.Errf("unrecognized smarthost option %q", d.Val())
-				}
-			}
-			q.Smarthost = sh
-		case "dkim":
-			k := &DKIMConfig{}
-			if d.NextArg() {
-				if d.Val() != "off" {
-					return d.Errf("dkim: %q: the only argument is off", d.Val())
-				}
-				k.Disable = true
-			}
-			for d.NextBlock(1) {
-				switch d.Val() {
-				case "selector":
-					if !d.Args(&k.Selector) {
-						return d.ArgErr()
-					}
-				case "key_type":
-					if !d.Args(&k.KeyType) {
-						return d.ArgErr()
-					}
-				case "domains":
-					args := d.RemainingArgs()
-					if len(args) == 0 {
-						return d.ArgErr()
-					}
-					k.Domains = append(k.Domains, args...)
-				case "disable":
-					k.Disable = true
-				default:
-					return d.Errf("unrecognized dkim option %q", d.Val())
-				}
-			}
-			q.DKIM = k
-		case "timeouts":
-			t := &Timeouts{}
-			for d.NextBlock(1) {
-				switch f := d.Val(); f {
-				case "connect", "command", "data":
-					dur, err := caddyargs.Duration(d)
-					if err != nil {
-						return err
-					}
-					*map[string]*caddy.Duration{"connect": &t.Connect, "command": &t.Command, "data": &t.Data}[f] = dur
-				default:
-					return d.Errf("unrecognized timeouts option %q", f)
-				}
-			}
-			q.Timeouts = t
 		default:
-			return d.Errf("unrecognized queue option %q", dir)
+			return d.Errf("unrecognized tls option %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// unmarshalCaddyfile parses `smarthost <host:port> { ... }`.
+func (sh *Smarthost) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if !d.Args(&sh.Address) || d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(1) {
+		var err error
+		switch d.Val() {
+		case "username":
+			err = oneArg(d, &sh.Username)
+		case "password":
+			err = oneArg(d, &sh.Password)
+		case "tls":
+			err = oneArg(d, &sh.TLS)
+		case "insecure_skip_verify":
+			sh.InsecureSkipVerify = true
+		case "ca_file":
+			err = oneArg(d, &sh.CAFile)
+		default:
+			return d.Errf("unrecognized smarthost option %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmarshalCaddyfile parses `dkim [off] { ... }`.
+func (k *DKIMConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		if d.Val() != "off" {
+			return d.Errf("dkim: %q: the only argument is off", d.Val())
+		}
+		k.Disable = true
+	}
+	for d.NextBlock(1) {
+		var err error
+		switch d.Val() {
+		case "selector":
+			err = oneArg(d, &k.Selector)
+		case "key_type":
+			err = oneArg(d, &k.KeyType)
+		case "domains":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			k.Domains = append(k.Domains, args...)
+		case "disable":
+			k.Disable = true
+		default:
+			return d.Errf("unrecognized dkim option %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmarshalCaddyfile parses `timeouts { ... }`.
+func (t *Timeouts) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for d.NextBlock(1) {
+		var err error
+		switch f := d.Val(); f {
+		case "connect":
+			t.Connect, err = caddyargs.Duration(d)
+		case "command":
+			t.Command, err = caddyargs.Duration(d)
+		case "data":
+			t.Data, err = caddyargs.Duration(d)
+		default:
+			return d.Errf("unrecognized timeouts option %q", f)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil

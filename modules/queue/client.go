@@ -42,12 +42,32 @@ func (r *reply) Error() string {
 func (r *reply) ok() bool   { return r.Code >= 200 && r.Code < 400 }
 func (r *reply) temp() bool { return r.Code >= 400 && r.Code < 500 }
 
-// maxReplyLine bounds a reply line (RFC 5321 allows 512).
-const maxReplyLine = 4096
+// Limits on what a remote server can make the client read for one reply,
+// so that a hostile MX cannot grow the queue's memory: a line longer than
+// maxReplyLine, more than maxReplyLines lines or maxReplyBytes bytes end
+// the session (a temporary failure; the next host is tried). RFC 5321
+// allows 512 bytes per line; real EHLO replies have about 20 lines.
+const (
+	maxReplyLine  = 4096
+	maxReplyLines = 100
+	maxReplyBytes = 64 << 10
+)
+
+// errReplyTooLong is a reply beyond the limits above.
+type errReplyTooLong struct {
+	what string
+	read int64 // bytes read from the connection so far
+}
+
+func (e *errReplyTooLong) Error() string {
+	return fmt.Sprintf("reply too long (%s; %d bytes read)", e.what, e.read)
+}
 
 type client struct {
 	conn       net.Conn
-	text       *textproto.Conn
+	r          *bufio.Reader
+	w          *textproto.Writer
+	in         *countingReader
 	ext        map[string]string
 	timeout    time.Duration // per command
 	tlsState   *tls.ConnectionState
@@ -55,35 +75,101 @@ type client struct {
 }
 
 func newClient(conn net.Conn, timeout time.Duration) *client {
-	c := &client{timeout: timeout}
+	c := &client{timeout: timeout, in: &countingReader{}}
 	c.setConn(conn)
 	return c
 }
 
 func (c *client) setConn(conn net.Conn) {
 	c.conn = conn
-	r := bufio.NewReaderSize(&lineLimitReader{r: conn, max: maxReplyLine}, 4096)
-	c.text = textproto.NewConn(struct {
-		io.Reader
-		io.Writer
-		io.Closer
-	}{r, conn, conn})
+	c.in.r = conn
+	c.r = bufio.NewReaderSize(c.in, maxReplyLine)
+	c.w = textproto.NewWriter(bufio.NewWriter(conn))
 }
 
 func (c *client) close() error { return c.conn.Close() }
 
-// read reads one reply.
+// bytesRead is how much the client read from the server (decrypted,
+// after STARTTLS).
+func (c *client) bytesRead() int64 { return c.in.n }
+
+// read reads one reply within the command timeout.
 func (c *client) read() (*reply, error) {
 	c.conn.SetReadDeadline(time.Now().Add(c.timeout))
-	code, msg, err := c.text.ReadResponse(0)
-	if err != nil {
-		return nil, err
+	r, err := readReply(c.r)
+	var tooLong *errReplyTooLong
+	if errors.As(err, &tooLong) {
+		tooLong.read = c.bytesRead()
+	}
+	return r, err
+}
+
+// readReply reads one reply (RFC 5321 4.2): lines "ddd-text" then a last
+// "ddd text" (or "ddd"), within the limits above. A continuation line
+// that does not start with the reply's code is kept as text, as
+// net/textproto does. The lines are copied once each and joined once.
+func readReply(br *bufio.Reader) (*reply, error) {
+	var lines []string
+	code, total := 0, 0
+	for {
+		line, err := br.ReadSlice('\n')
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			return nil, &errReplyTooLong{what: fmt.Sprintf("a line longer than %d bytes", maxReplyLine)}
+		case err == io.EOF && len(line) > 0:
+			return nil, io.ErrUnexpectedEOF
+		case err != nil:
+			return nil, err
+		}
+		if total += len(line); total > maxReplyBytes {
+			return nil, &errReplyTooLong{what: fmt.Sprintf("more than %d bytes", maxReplyBytes)}
+		}
+		if len(lines) == maxReplyLines {
+			return nil, &errReplyTooLong{what: fmt.Sprintf("more than %d lines", maxReplyLines)}
+		}
+		text := strings.TrimRight(string(line), "\r\n")
+		lineCode, more, rest, ok := parseReplyLine(text)
+		switch {
+		case len(lines) == 0 && !ok:
+			return nil, fmt.Errorf("malformed reply line %q", oneLine(text, 80))
+		case len(lines) == 0:
+			code = lineCode
+		case !ok || lineCode != code:
+			rest, more = text, true
+		}
+		lines = append(lines, rest)
+		if !more {
+			break
+		}
 	}
 	if code < 200 || code > 599 {
 		return nil, fmt.Errorf("bad reply code %d", code)
 	}
+	return newReply(code, lines), nil
+}
+
+// parseReplyLine splits "ddd-text", "ddd text" or "ddd"; more is true for
+// "ddd-".
+func parseReplyLine(line string) (code int, more bool, text string, ok bool) {
+	if len(line) < 3 || len(line) > 3 && line[3] != ' ' && line[3] != '-' {
+		return 0, false, "", false
+	}
+	for _, ch := range []byte(line[:3]) {
+		if ch < '0' || ch > '9' {
+			return 0, false, "", false
+		}
+	}
+	code = int(line[0]-'0')*100 + int(line[1]-'0')*10 + int(line[2]-'0')
+	if len(line) == 3 {
+		return code, false, "", true
+	}
+	return code, line[3] == '-', line[4:], true
+}
+
+// newReply takes the enhanced status code (RFC 2034) off each line; the
+// first line's is the reply's.
+func newReply(code int, lines []string) *reply {
 	r := &reply{Code: code}
-	lines := strings.Split(msg, "\n")
 	for i, l := range lines {
 		if enh, rest, ok := strings.Cut(l, " "); ok && isEnhanced(enh, code) {
 			if i == 0 {
@@ -99,7 +185,19 @@ func (c *client) read() (*reply, error) {
 	}
 	r.lines = lines
 	r.Text = strings.Join(lines, "; ")
-	return r, nil
+	return r
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // isEnhanced reports whether s is an RFC 3463 code matching the reply class.
@@ -127,11 +225,11 @@ func (c *client) write(lines ...string) error {
 		if strings.ContainsAny(l, "\r\n") {
 			return fmt.Errorf("refusing to send a command with a line break")
 		}
-		if _, err := c.text.W.WriteString(l + "\r\n"); err != nil {
+		if _, err := c.w.W.WriteString(l + "\r\n"); err != nil {
 			return err
 		}
 	}
-	return c.text.W.Flush()
+	return c.w.W.Flush()
 }
 
 func (c *client) cmd(line string) (*reply, error) {
@@ -201,6 +299,12 @@ func (c *client) startTLS(ctx context.Context, cfg *tls.Config) error {
 	}
 	if r.Code != 220 {
 		return r
+	}
+	if c.r.Buffered() > 0 {
+		// Plain text after the 220 would be taken as the first reply
+		// inside TLS: a man in the middle could inject it (the STARTTLS
+		// response injection of CVE-2011-0411's family).
+		return &errTLSHandshake{errors.New("the server sent data after its 220 to STARTTLS")}
 	}
 	tc := tls.Client(c.conn, cfg)
 	hctx, cancel := context.WithTimeout(ctx, c.timeout)
@@ -338,7 +442,7 @@ func (c *client) transaction(from string, rcpts []string, size int64, dataTimeou
 		return res, nil
 	}
 	c.conn.SetWriteDeadline(time.Now().Add(dataTimeout))
-	dw := c.text.DotWriter()
+	dw := c.w.DotWriter()
 	if err := body(dw); err != nil {
 		return res, err
 	}
@@ -359,29 +463,4 @@ func (c *client) quit() {
 	c.timeout = 10 * time.Second
 	c.cmd("QUIT")
 	c.close()
-}
-
-// lineLimitReader fails a reply line longer than max bytes, so that a
-// hostile server cannot make the client buffer without end.
-type lineLimitReader struct {
-	r   io.Reader
-	max int
-	cur int
-}
-
-var errLineTooLong = errors.New("reply line too long")
-
-func (l *lineLimitReader) Read(p []byte) (int, error) {
-	n, err := l.r.Read(p)
-	for _, b := range p[:n] {
-		if b == '\n' {
-			l.cur = 0
-			continue
-		}
-		l.cur++
-		if l.cur > l.max {
-			return 0, errLineTooLong
-		}
-	}
-	return n, err
 }

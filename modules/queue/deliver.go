@@ -3,18 +3,12 @@ package queue
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"math/rand/v2"
-	"net"
 	"net/netip"
 	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -282,12 +276,9 @@ func dsnAddrs(rs []dsnRcpt) []string {
 	return out
 }
 
-// maxDSNHeader bounds the original header quoted in a DSN.
-const maxDSNHeader = 64 << 10
-
 // queueDSN builds a notification to the entry's sender and queues it.
 func (e *engine) queueDSN(s *settings, ent *entry, rcpts []dsnRcpt, delayed bool) error {
-	hdr, err := e.originalHeader(ent)
+	hdr, msgID, err := e.originalHeader(s, ent)
 	if err != nil {
 		return err
 	}
@@ -297,6 +288,7 @@ func (e *engine) queueDSN(s *settings, ent *entry, rcpts []dsnRcpt, delayed bool
 		Arrival:    ent.rec.Received,
 		RetryUntil: ent.rec.Queued.Add(s.giveUp),
 		Header:     hdr,
+		MessageID:  msgID,
 		Rcpts:      rcpts,
 		Delayed:    delayed,
 	})
@@ -343,22 +335,16 @@ func (e *engine) queueNotification(s *settings, in *dsnInput) error {
 	return err
 }
 
-// originalHeader reads the header block of a queued message (complete
-// lines, at most maxDSNHeader bytes).
-func (e *engine) originalHeader(ent *entry) ([]byte, error) {
+// originalHeader reads what a DSN about ent quotes (see quotedOriginal).
+func (e *engine) originalHeader(s *settings, ent *entry) ([]byte, string, error) {
 	f, err := os.Open(e.sp.path(ent.rec.ID))
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer f.Close()
-	hdr, _ := readHeader(io.NewSectionReader(f, ent.bodyOff, ent.size))
-	if len(hdr) > maxDSNHeader {
-		hdr = hdr[:maxDSNHeader]
-		if i := bytes.LastIndex(hdr, []byte("\r\n")); i > 0 {
-			hdr = hdr[:i+2]
-		}
-	}
-	return hdr, nil
+	ip, _ := netip.ParseAddr(ent.rec.ClientIP)
+	hdr, msgID := quotedOriginal(io.NewSectionReader(f, ent.bodyOff, ent.size), s.trustedClient(ent.rec.Account, ip))
+	return hdr, msgID, nil
 }
 
 // deliverLocal hands recipients with a local mailbox (bounces to local
@@ -388,344 +374,4 @@ func (e *engine) deliverLocal(s *settings, ent *entry, idx []int) []result {
 		return fill(len(idx), tempErr("4.2.0", "local delivery: %v", err))
 	}
 	return fill(len(idx), result{kind: resDelivered, code: 250, enhanced: "2.0.0", text: "delivered to local mailbox"})
-}
-
-// hop is a host to try for a destination.
-type hop struct {
-	host      string
-	port      string
-	smarthost bool
-}
-
-// deliverRemote delivers to a domain's MX hosts (RFC 5321 5.1) in
-// preference order, or to the smarthost, and returns one result per
-// recipient.
-func (e *engine) deliverRemote(s *settings, ent *entry, domain string, idx []int) []result {
-	ctx := e.ctx
-	var hops []hop
-	if sh := s.smarthost; sh != nil {
-		hops = []hop{{host: sh.host, port: sh.port, smarthost: true}}
-	} else {
-		hosts, res := e.mxHosts(ctx, s, domain)
-		if res != nil {
-			return fill(len(idx), *res)
-		}
-		for _, h := range hosts {
-			hops = append(hops, hop{host: h, port: strconv.Itoa(s.port)})
-		}
-	}
-	last := tempErr("4.4.1", "no MX host of %s could be reached", domain)
-	tries := 0
-	for _, h := range hops {
-		ips, err := e.lookupHost(ctx, s, h.host)
-		if err != nil {
-			last = tempErr("4.4.3", "%s: %v", h.host, err)
-			continue
-		}
-		for _, ip := range ips {
-			if tries >= maxConnTries || ctx.Err() != nil {
-				return fill(len(idx), last)
-			}
-			tries++
-			res, err := e.session(ctx, s, ent, h, ip, idx, false)
-			var hs *errTLSHandshake
-			if errors.As(err, &hs) && !s.tlsRequire && !h.smarthost {
-				s.logger.Info("TLS handshake failed; trying again without TLS",
-					zap.String("id", ent.rec.ID), zap.String("mx", h.host), zap.Stringer("ip", ip), zap.Error(err))
-				res, err = e.session(ctx, s, ent, h, ip, idx, true)
-			}
-			if err == nil {
-				return res
-			}
-			s.logger.Debug("MX host failed", zap.String("id", ent.rec.ID), zap.String("mx", h.host),
-				zap.Stringer("ip", ip), zap.Error(err))
-			last = sessionErr(h.host, err)
-		}
-	}
-	return fill(len(idx), last)
-}
-
-// maxConnTries bounds the addresses tried in one attempt.
-const maxConnTries = 10
-
-// sessionErr makes a temporary result from a host that failed before the
-// transaction (the next host is tried).
-func sessionErr(host string, err error) result {
-	var r *reply
-	if errors.As(err, &r) {
-		return result{kind: resTemp, code: r.Code, enhanced: tempEnh(r.Enhanced), text: r.Error(), mta: host}
-	}
-	return tempErr("4.4.1", "%s: %v", host, err)
-}
-
-func tempEnh(enh string) string {
-	if enh == "" {
-		return "4.4.0"
-	}
-	return "4" + enh[1:]
-}
-
-// mxHosts returns the hosts to try for domain, or a result for every
-// recipient when there are none.
-func (e *engine) mxHosts(ctx context.Context, s *settings, domain string) ([]string, *result) {
-	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	mxs, err := s.app.DNS().LookupMX(lctx, domain)
-	switch {
-	case errors.Is(err, smtpapp.ErrNotFound):
-		// No MX: the domain itself is the implicit MX, if it has an address.
-		_, err := s.app.DNS().LookupIP(lctx, domain)
-		if errors.Is(err, smtpapp.ErrNotFound) {
-			r := permErr(550, "5.1.2", "domain %s has no MX and no address record", domain)
-			return nil, &r
-		}
-		if err != nil {
-			r := tempErr("4.4.3", "looking up %s: %v", domain, err)
-			return nil, &r
-		}
-		return []string{domain}, nil
-	case err != nil:
-		r := tempErr("4.4.3", "MX lookup of %s: %v", domain, err)
-		return nil, &r
-	}
-	// RFC 7505: a single MX "." means the domain accepts no mail.
-	if len(mxs) == 1 && (mxs[0].Host == "" || mxs[0].Host == ".") {
-		r := permErr(556, "5.1.10", "domain %s does not accept mail (null MX)", domain)
-		return nil, &r
-	}
-	// Equal preferences in random order (RFC 5321 5.1).
-	var hosts []string
-	for i := 0; i < len(mxs); {
-		j := i
-		for j < len(mxs) && mxs[j].Pref == mxs[i].Pref {
-			j++
-		}
-		group := mxs[i:j]
-		rand.Shuffle(len(group), func(a, b int) { group[a], group[b] = group[b], group[a] })
-		for _, mx := range group {
-			if mx.Host != "" && mx.Host != "." {
-				hosts = append(hosts, strings.ToLower(mx.Host))
-			}
-		}
-		i = j
-	}
-	return hosts, nil
-}
-
-func (e *engine) lookupHost(ctx context.Context, s *settings, host string) ([]netip.Addr, error) {
-	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	ips, err := s.app.DNS().LookupIP(lctx, host)
-	if err != nil {
-		return nil, err
-	}
-	// IPv4 first: many hosts have no working IPv6 route.
-	var v4, v6 []netip.Addr
-	for _, ip := range ips {
-		if ip.Unmap().Is4() {
-			v4 = append(v4, ip.Unmap())
-		} else {
-			v6 = append(v6, ip)
-		}
-	}
-	return append(v4, v6...), nil
-}
-
-// session delivers to one address of a host. A returned error means the
-// host failed before any transaction got a final answer: the caller tries
-// the next address.
-func (e *engine) session(ctx context.Context, s *settings, ent *entry, h hop, ip netip.Addr, idx []int, plain bool) ([]result, error) {
-	addr := net.JoinHostPort(ip.String(), h.port)
-	d := net.Dialer{Timeout: s.connectTimout}
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	sh := s.smarthost
-	if h.smarthost && sh.implicitTLS {
-		tc := tls.Client(conn, sh.tlsConfig)
-		hctx, cancel := context.WithTimeout(ctx, s.cmdTimeout)
-		err := tc.HandshakeContext(hctx)
-		cancel()
-		if err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("TLS handshake: %w", err)
-		}
-		conn = tc
-	}
-	c := newClient(conn, s.cmdTimeout)
-	ok := false
-	tlsState := "none"
-	defer func() {
-		result := "error"
-		if ok {
-			result = "ok"
-		}
-		metricSessions.WithLabelValues(tlsState, result).Inc()
-	}()
-	if tc, isTLS := conn.(*tls.Conn); isTLS {
-		st := tc.ConnectionState()
-		c.tlsState = &st
-		tlsState = "verified"
-		if sh.tlsConfig.InsecureSkipVerify {
-			tlsState = "unverified"
-		}
-	}
-	if err := c.greet(); err != nil {
-		c.close()
-		return nil, err
-	}
-	if !h.smarthost && strings.EqualFold(c.serverName, s.hostname) {
-		c.quit()
-		r := permErr(554, "5.4.6", "mail for %s loops back to myself (%s greets as %s)", domainOf(ent.rec.Recipients[idx[0]].Address), h.host, c.serverName)
-		return fill(len(idx), r), nil
-	}
-	if err := c.hello(s.hostname); err != nil {
-		c.close()
-		return nil, err
-	}
-	if c.tlsState == nil {
-		verified := false
-		wantTLS := !plain && (h.smarthost && sh.starttls || !h.smarthost && !s.tlsDisable)
-		mustTLS := h.smarthost && sh.starttls || !h.smarthost && s.tlsRequire
-		if wantTLS && c.has("STARTTLS") {
-			cfg := e.tlsConfig(s, h, &verified)
-			err := c.startTLS(ctx, cfg)
-			var r *reply
-			switch {
-			case err == nil:
-				tlsState = "unverified"
-				if verified || s.tlsVerify && !h.smarthost || h.smarthost && !sh.tlsConfig.InsecureSkipVerify {
-					tlsState = "verified"
-				}
-				if err := c.hello(s.hostname); err != nil {
-					c.close()
-					return nil, err
-				}
-			case errors.As(err, &r) && !mustTLS:
-				// STARTTLS refused: carry on in plain text.
-			default:
-				c.close()
-				return nil, err
-			}
-		} else if mustTLS {
-			c.quit()
-			return nil, fmt.Errorf("STARTTLS is required but %s does not offer it", h.host)
-		}
-	}
-	if h.smarthost && sh.username != "" {
-		if c.tlsState == nil {
-			c.quit()
-			return nil, fmt.Errorf("refusing to send the password without TLS")
-		}
-		if err := c.auth(sh.saslClient(c.ext["AUTH"])); err != nil {
-			c.quit()
-			var r *reply
-			if errors.As(err, &r) && r.Code >= 500 {
-				// Wrong credentials fail every message the same way: keep
-				// them queued until the administrator fixes the config.
-				return nil, fmt.Errorf("AUTH refused: %w", err)
-			}
-			return nil, fmt.Errorf("AUTH: %w", err)
-		}
-	}
-	if limit, err := strconv.ParseInt(c.ext["SIZE"], 10, 64); err == nil && limit > 0 && ent.size > limit {
-		c.quit()
-		ok = true
-		return fill(len(idx), permErr(552, "5.3.4", "message size %d exceeds the limit of %s (%d)", ent.size, h.host, limit)), nil
-	}
-	f, err := os.Open(e.sp.path(ent.rec.ID))
-	if err != nil {
-		c.quit()
-		return fill(len(idx), tempErr("4.3.0", "opening the queued message: %v", err)), nil
-	}
-	defer f.Close()
-
-	out := make([]result, len(idx))
-	for start := 0; start < len(idx); start += s.maxRcpts {
-		end := min(start+s.maxRcpts, len(idx))
-		batch := idx[start:end]
-		rcpts := make([]string, len(batch))
-		for k, i := range batch {
-			rcpts[k] = ent.rec.Recipients[i].Address
-		}
-		tx, err := c.transaction(ent.rec.From, rcpts, ent.size, s.dataTimeout, func(w io.Writer) error {
-			_, err := io.Copy(w, io.NewSectionReader(f, ent.bodyOff, ent.size))
-			return err
-		})
-		if err != nil {
-			c.close()
-			if start == 0 && !tx.sent {
-				// Nothing was delivered on this host: try the next one.
-				return nil, err
-			}
-			r := tempErr("4.4.2", "%s: connection lost: %v", h.host, err)
-			r.mta = h.host
-			for k := start; k < len(idx); k++ {
-				out[k] = r
-			}
-			ok = true
-			return out, nil
-		}
-		for k := range batch {
-			out[start+k] = txOutcome(tx, k, h.host, tlsState)
-		}
-	}
-	ok = true
-	c.quit()
-	return out, nil
-}
-
-// txOutcome is recipient k's result in a transaction.
-func txOutcome(tx *txResult, k int, host, tlsState string) result {
-	switch {
-	case !tx.mail.ok():
-		return fromReply(tx.mail, host, tlsState)
-	case tx.rcpts[k] == nil:
-		return tempErr("4.4.2", "%s: no reply to RCPT", host)
-	case !tx.rcpts[k].ok():
-		r := fromReply(tx.rcpts[k], host, tlsState)
-		// 452 "too many recipients" after others were accepted: send
-		// the rest again right away (RFC 5321 4.5.3.1.10).
-		if tx.rcpts[k].Code == 452 && tx.final != nil && tx.final.ok() {
-			r.again = true
-		}
-		return r
-	case tx.data == nil:
-		return tempErr("4.4.2", "%s: DATA was not sent", host)
-	case tx.data.Code != 354:
-		return fromReply(tx.data, host, tlsState)
-	case tx.final == nil:
-		return tempErr("4.4.2", "%s: no reply after the message", host)
-	default:
-		return fromReply(tx.final, host, tlsState)
-	}
-}
-
-// tlsConfig is the STARTTLS config for a host. With opportunistic TLS it
-// checks the certificate only to report whether it was valid.
-func (e *engine) tlsConfig(s *settings, h hop, verified *bool) *tls.Config {
-	if h.smarthost {
-		return s.smarthost.tlsConfig
-	}
-	cfg := &tls.Config{ServerName: h.host, RootCAs: s.roots}
-	if s.tlsVerify {
-		return cfg
-	}
-	cfg.InsecureSkipVerify = true
-	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) == 0 {
-			return nil
-		}
-		opts := x509.VerifyOptions{DNSName: h.host, Roots: s.roots, Intermediates: x509.NewCertPool()}
-		for _, c := range cs.PeerCertificates[1:] {
-			opts.Intermediates.AddCert(c)
-		}
-		_, err := cs.PeerCertificates[0].Verify(opts)
-		*verified = err == nil
-		return nil
-	}
-	return cfg
 }

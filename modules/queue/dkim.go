@@ -18,9 +18,12 @@ import (
 	"net/mail"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"github.com/emersion/go-msgauth/dkim"
 	"go.uber.org/zap"
+
+	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
 // DKIMConfig configures DKIM signing (RFC 6376) of mail whose From domain
@@ -40,6 +43,46 @@ type DKIMConfig struct {
 
 	// Domains to sign for. Default: every local domain.
 	Domains []string `json:"domains,omitempty"`
+}
+
+// provision checks the config and loads (or makes) the key of each domain
+// to sign for; localDomains is the default list.
+func (d *DKIMConfig) provision(ctx caddy.Context, localDomains []string, logger *zap.Logger) (map[string]*dkimKey, error) {
+	if d == nil {
+		d = &DKIMConfig{}
+	}
+	if d.Disable {
+		return nil, nil
+	}
+	sel := d.Selector
+	if sel == "" {
+		sel = "caddysmtp"
+	}
+	if !smtpapp.ValidHostname(sel) || strings.Contains(sel, "_") {
+		return nil, fmt.Errorf("selector: %q is not a valid DNS label sequence", sel)
+	}
+	switch d.KeyType {
+	case "", "rsa2048", "rsa4096", "ed25519":
+	default:
+		return nil, fmt.Errorf("key_type: %q is not rsa2048, rsa4096 or ed25519", d.KeyType)
+	}
+	domains := d.Domains
+	if len(domains) == 0 {
+		domains = localDomains
+	}
+	keys := map[string]*dkimKey{}
+	for i, dom := range domains {
+		dom = strings.TrimSuffix(strings.ToLower(dom), ".")
+		if !smtpapp.ValidHostname(dom) {
+			return nil, fmt.Errorf("domains[%d]: invalid domain %q", i, domains[i])
+		}
+		k, err := loadDKIMKey(ctx, ctx.Storage(), dom, sel, d.KeyType, logger)
+		if err != nil {
+			return nil, fmt.Errorf("domains[%d]: key of %s: %v", i, dom, err)
+		}
+		keys[dom] = k
+	}
+	return keys, nil
 }
 
 // dkimKey is one domain's signing key.

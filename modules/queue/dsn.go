@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 )
@@ -27,13 +28,16 @@ type dsnInput struct {
 	Sender     string // the original reverse path (the DSN's recipient)
 	Arrival    time.Time
 	RetryUntil time.Time // for delay warnings
-	Header     []byte    // the original header block
+	Header     []byte    // the original header block; nil leaves it out
+	MessageID  string    // the original Message-ID (checked), or ""
 	Rcpts      []dsnRcpt
 	Delayed    bool
 }
 
 // buildDSN makes an RFC 3464 multipart/report: a human-readable part, the
-// message/delivery-status part, and the original header (text/rfc822-headers).
+// message/delivery-status part, and the original header (text/rfc822-headers)
+// unless in.Header is nil (a sender that is not trusted, see
+// settings.trustedClient).
 func buildDSN(in *dsnInput, now time.Time) []byte {
 	var rb [12]byte
 	rand.Read(rb[:])
@@ -84,6 +88,9 @@ func buildDSN(in *dsnInput, now time.Time) []byte {
 	b.WriteString("Content-Description: Delivery report\r\n\r\n")
 	fmt.Fprintf(&b, "Reporting-MTA: dns; %s\r\n", in.Hostname)
 	fmt.Fprintf(&b, "X-Caddy-SMTP-Queue-ID: %s\r\n", in.QueueID)
+	if in.MessageID != "" {
+		fmt.Fprintf(&b, "X-Original-Message-ID: %s\r\n", in.MessageID)
+	}
 	fmt.Fprintf(&b, "Arrival-Date: %s\r\n", in.Arrival.Format(time.RFC1123Z))
 	for _, r := range in.Rcpts {
 		b.WriteString("\r\n")
@@ -110,15 +117,16 @@ func buildDSN(in *dsnInput, now time.Time) []byte {
 	b.WriteString("\r\n")
 
 	// Part 3: the original header.
-	fmt.Fprintf(&b, "--%s\r\n", boundary)
-	b.WriteString("Content-Type: text/rfc822-headers\r\n")
-	if has8bit(in.Header) {
-		b.WriteString("Content-Transfer-Encoding: 8bit\r\n")
+	if in.Header != nil {
+		fmt.Fprintf(&b, "--%s\r\n", boundary)
+		b.WriteString("Content-Type: text/rfc822-headers\r\n")
+		if has8bit(in.Header) {
+			b.WriteString("Content-Transfer-Encoding: 8bit\r\n")
+		}
+		b.WriteString("Content-Description: Undelivered message headers\r\n\r\n")
+		b.Write(bytes.TrimRight(in.Header, "\r\n"))
+		b.WriteString("\r\n\r\n")
 	}
-	b.WriteString("Content-Description: Undelivered message headers\r\n\r\n")
-	hdr := bytes.TrimRight(in.Header, "\r\n")
-	b.Write(hdr)
-	b.WriteString("\r\n\r\n")
 	fmt.Fprintf(&b, "--%s--\r\n", boundary)
 	return b.Bytes()
 }
@@ -144,4 +152,55 @@ func has8bit(b []byte) bool {
 		}
 	}
 	return false
+}
+
+// maxDSNHeader bounds the original header quoted in a DSN.
+const maxDSNHeader = 64 << 10
+
+// quotedOriginal reads what a DSN quotes of the original message: its
+// header block (complete lines, at most maxDSNHeader bytes), only for a
+// trusted sender, and its Message-ID. A bounce about mail from a stranger
+// goes to an address the stranger chose: quoting the header would let
+// spam ride on our bounces (backscatter), so it carries only the
+// recipients, the replies and the Message-ID.
+func quotedOriginal(r io.Reader, trusted bool) (header []byte, messageID string) {
+	hdr, fields := readHeader(r)
+	for _, f := range fields {
+		if strings.EqualFold(f.name, "Message-ID") {
+			messageID = checkedMessageID(f.value)
+			break
+		}
+	}
+	if !trusted {
+		return nil, messageID
+	}
+	if hdr == nil {
+		hdr = []byte{} // an empty header part, not none
+	}
+	if len(hdr) > maxDSNHeader {
+		hdr = hdr[:maxDSNHeader]
+		if i := bytes.LastIndex(hdr, []byte("\r\n")); i > 0 {
+			hdr = hdr[:i+2]
+		}
+	}
+	return hdr, messageID
+}
+
+// checkedMessageID returns "<left@right>" when v is one, in printable
+// ASCII and short, else "".
+func checkedMessageID(v string) string {
+	v = strings.TrimSpace(v)
+	if len(v) < 5 || len(v) > 250 || v[0] != '<' || v[len(v)-1] != '>' {
+		return ""
+	}
+	inner := v[1 : len(v)-1]
+	for i := 0; i < len(inner); i++ {
+		if c := inner[i]; c <= ' ' || c >= 0x7f || c == '<' || c == '>' {
+			return ""
+		}
+	}
+	if left, right, ok := strings.Cut(inner, "@"); !ok || left == "" || right == "" || strings.Contains(right, "@") {
+		return ""
+	}
+	return v
 }

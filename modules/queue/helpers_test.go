@@ -65,6 +65,8 @@ func newHarness(t testing.TB, ips ...string) *harness {
 		"retry":       map[string]any{"initial": "200ms", "max": "1s", "jitter": -1},
 		"dkim":        map[string]any{"key_type": "ed25519"},
 		"timeouts":    map[string]any{"connect": "2s", "command": "10s", "data": "10s"},
+		// The test MX hosts are on 127.0.0.x.
+		"allow_private_destinations": true,
 	}
 	h.app = map[string]any{
 		"local_domains": []string{"example.test"},

@@ -19,6 +19,7 @@ package ratelimit
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -159,13 +160,10 @@ const (
 func (h *RateLimit) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.errs = &limitstore.ErrorLog{Logger: h.logger, Module: moduleID}
-	if h.Zone == "" {
-		h.Zone = "default"
-	}
-	if strings.ContainsAny(h.Zone, ": \t\r\n") {
-		return fmt.Errorf("zone: %q must not contain colons or spaces", h.Zone)
-	}
 	var err error
+	if h.Zone, err = limitstore.ZoneName(h.Zone); err != nil {
+		return err
+	}
 	if h.v4, h.v6, err = limitstore.ValidatePrefixLengths(h.IPv4Prefix, h.IPv6Prefix); err != nil {
 		return err
 	}
@@ -449,63 +447,38 @@ func Recent() []Refusal {
 //		}
 //	}
 func (h *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // module name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		opt := d.Val()
-		switch opt {
-		case "zone":
-			if !d.Args(&h.Zone) {
-				return d.ArgErr()
-			}
+	shared := limitstore.Options{Zone: &h.Zone, IPv4Prefix: &h.IPv4Prefix, IPv6Prefix: &h.IPv6Prefix, Store: &h.Store}
+	rates := map[string]**Rate{limConnections: &h.Connections, limMessages: &h.Messages, limRecipients: &h.Recipients,
+		limBytes: &h.Bytes, limAuthFailures: &h.AuthFailures, limAccountAuthFailures: &h.AccountAuthFailures}
+	return shared.UnmarshalCaddyfile(d, func(d *caddyfile.Dispenser) (bool, error) {
+		var err error
+		switch opt := d.Val(); opt {
 		case limConnections, limMessages, limRecipients, limBytes, limAuthFailures, limAccountAuthFailures:
-			var count, window string
-			if !d.Args(&count, &window) {
-				return d.ArgErr()
-			}
-			var n int64
-			var err error
+			var parse func(string) (int64, error) // a count
 			if opt == limBytes {
-				var u uint64
-				u, err = humanize.ParseBytes(count)
-				n = int64(u)
-			} else {
-				n, err = strconv.ParseInt(count, 10, 64)
+				parse = parseBytes
 			}
-			if err != nil || n < 1 {
-				return d.Errf("%s: %q is not a positive count", opt, count)
-			}
-			dur, err := caddy.ParseDuration(window)
-			if err != nil {
-				return d.Errf("%s: window: %v", opt, err)
-			}
-			r := &Rate{Limit: n, Window: caddy.Duration(dur)}
-			*map[string]**Rate{limConnections: &h.Connections, limMessages: &h.Messages, limRecipients: &h.Recipients,
-				limBytes: &h.Bytes, limAuthFailures: &h.AuthFailures, limAccountAuthFailures: &h.AccountAuthFailures}[opt] = r
-		case limConcurrent, "ipv4_prefix", "ipv6_prefix":
-			n, err := caddyargs.Int(d)
-			if err != nil {
-				return err
-			}
-			*map[string]*int{limConcurrent: &h.Concurrent, "ipv4_prefix": &h.IPv4Prefix, "ipv6_prefix": &h.IPv6Prefix}[opt] = n
+			r := &Rate{}
+			r.Limit, r.Window, err = caddyargs.CountPer(d, parse, false)
+			*rates[opt] = r
+		case limConcurrent:
+			h.Concurrent, err = caddyargs.Int(d)
 		case "exempt":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			h.Exempt = append(h.Exempt, args...)
-		case "store":
-			h.Store = &limitstore.Config{}
-			if err := h.Store.UnmarshalCaddyfile(d); err != nil {
-				return err
-			}
+			err = caddyargs.AppendArgs(d, &h.Exempt)
 		default:
-			return d.Errf("unrecognized ratelimit option %q", opt)
+			return false, nil
 		}
+		return true, err
+	})
+}
+
+// parseBytes reads a size such as 100MiB.
+func parseBytes(s string) (int64, error) {
+	n, err := humanize.ParseBytes(s)
+	if n > math.MaxInt64 {
+		return 0, fmt.Errorf("%s is too large", s)
 	}
-	return nil
+	return int64(n), err
 }
 
 // Interface guards

@@ -2,7 +2,6 @@ package ratelimit_test
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/abusetest"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/adapttest"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/limitstore/redistest"
 	"github.com/caddy-smtp/caddy-smtp/modules/ratelimit"
 	"github.com/caddyserver/caddy/v2"
@@ -531,59 +531,11 @@ func TestRedisDownFailsOpen(t *testing.T) {
 }
 
 func TestCaddyfile(t *testing.T) {
-	tests := []struct {
-		in   string
-		want string
-	}{
-		{`ratelimit {
-			zone mx
-			connections 20 1m
-			concurrent 5
-			messages 100 1h
-			recipients 500 1h
-			bytes 100MiB 1h
-			auth_failures 5 15m
-			account_auth_failures 20 1h
-			ipv4_prefix 24
-			ipv6_prefix 56
-			exempt 10.0.0.0/8 192.0.2.1
-			store redis 127.0.0.1:6380 {
-				db 2
-				password {env.REDIS_PASSWORD}
-				key_prefix mx:
-				timeout 500ms
-			}
-		}`, `{"zone":"mx","connections":{"limit":20,"window":60000000000},"concurrent":5,` +
-			`"messages":{"limit":100,"window":3600000000000},"recipients":{"limit":500,"window":3600000000000},` +
-			`"bytes":{"limit":104857600,"window":3600000000000},"auth_failures":{"limit":5,"window":900000000000},` +
-			`"account_auth_failures":{"limit":20,"window":3600000000000},"ipv4_prefix":24,"ipv6_prefix":56,` +
-			`"exempt":["10.0.0.0/8","192.0.2.1"],"store":{"type":"redis","address":"127.0.0.1:6380",` +
-			`"password":"{env.REDIS_PASSWORD}","db":2,"key_prefix":"mx:","timeout":500000000}}`},
-		{`ratelimit {
-			store memory
-		}`, `{"store":{"type":"memory"}}`},
-	}
-	for _, tc := range tests {
-		var h ratelimit.RateLimit
-		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.in)); err != nil {
-			t.Fatalf("%s: %v", tc.in, err)
-		}
-		got, _ := json.Marshal(&h)
-		if string(got) != tc.want {
-			t.Errorf("got  %s\nwant %s", got, tc.want)
-		}
-	}
-	for _, bad := range []string{
+	adapttest.Run(t, func() caddyfile.Unmarshaler { return new(ratelimit.RateLimit) },
 		"ratelimit {\n messages 10\n}",
 		"ratelimit {\n messages ten 1m\n}",
 		"ratelimit {\n bytes 10 forever\n}",
 		"ratelimit {\n nonsense 1\n}",
 		"ratelimit {\n store etcd\n}",
-		"ratelimit arg",
-	} {
-		var h ratelimit.RateLimit
-		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
-			t.Errorf("%q: no error", bad)
-		}
-	}
+		"ratelimit arg")
 }

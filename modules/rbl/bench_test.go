@@ -14,6 +14,7 @@ import (
 )
 
 func TestQueryName(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ ip, want string }{
 		{"192.0.2.99", "99.2.0.192.bl.test."},
 		{"::ffff:192.0.2.99", "99.2.0.192.bl.test."}, // IPv4-mapped: as IPv4
@@ -26,6 +27,7 @@ func TestQueryName(t *testing.T) {
 }
 
 func TestCleanReason(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{
 		"  Listed\x00\x1b[31m by\r\n us\t see  http://x/?1 ": "Listed[31m by us see http://x/?1",
 		"caf\u00e9": "caf?",
@@ -41,6 +43,7 @@ func TestCleanReason(t *testing.T) {
 }
 
 func TestUnescapeTXT(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{`a\"b\\c\001d\255`: "a\"b\\c\x01d\xff", "plain": "plain", `end\`: `end\`} {
 		if got := smtpapp.UnescapeTXT(in); got != want {
 			t.Errorf("UnescapeTXT(%q) = %q, want %q", in, got, want)
@@ -49,6 +52,7 @@ func TestUnescapeTXT(t *testing.T) {
 }
 
 func TestScoreCodes(t *testing.T) {
+	t.Parallel()
 	z := &zone{weight: 1, ranges: ranges{listed: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/24")},
 		errs: []netip.Prefix{netip.MustParsePrefix("127.0.0.255/32")}}, codes: []code{
 		{netip.MustParsePrefix("127.0.0.4/32"), 4}, {netip.MustParsePrefix("127.0.0.0/29"), 2},

@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -362,130 +363,6 @@ func (r *RBL) Rcpt(ctx context.Context, c *smtpapp.Conn, rcpt smtpapp.Recipient)
 	return d.reject
 }
 
-// decide waits for the answers and turns them into points and maybe a
-// refusal; it logs and counts once per connection.
-func (r *RBL) decide(ctx context.Context, c *smtpapp.Conn, p *pending) *decision {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.d != nil {
-		return p.d
-	}
-	d := &decision{}
-	var (
-		total      float64
-		allowed    bool
-		rejectZone *zone
-		rejectTXT  string
-		listedIn   []string // zone names
-		listings   []string // zone=codes, for the log
-		allowings  []string
-		logFields  []zap.Field
-		problems   []string
-		skipped    []string
-	)
-	for i, z := range r.zones {
-		e := p.entries[i]
-		if e == nil || !z.state.usable(ctx) {
-			metricChecks.WithLabelValues(z.name, "skipped").Inc()
-			skipped = append(skipped, z.name+" (self-test failing or not finished)")
-			continue
-		}
-		select {
-		case <-e.done:
-		case <-ctx.Done():
-			metricChecks.WithLabelValues(z.name, "error").Inc()
-			problems = append(problems, z.name+": connection ended while waiting")
-			continue
-		}
-		a := e.res
-		if a.err != nil {
-			metricChecks.WithLabelValues(z.name, "error").Inc()
-			what := "DNS failure"
-			if isTimeout(a.err) {
-				what = "timeout"
-			}
-			problems = append(problems, fmt.Sprintf("%s: %s (%v)", z.name, what, a.err))
-			continue
-		}
-		points, codes, listErrs := z.score(a.addrs)
-		if len(listErrs) > 0 {
-			metricChecks.WithLabelValues(z.name, "list_error").Inc()
-			problems = append(problems, fmt.Sprintf("%s: the list answered error code %s (not a listing)", z.name, strings.Join(listErrs, ",")))
-			c.Logger().Warn("DNS list answered an error code; check the resolver and the list's terms",
-				zap.String("zone", z.name), zap.Strings("codes", listErrs))
-		}
-		if len(codes) == 0 {
-			if len(listErrs) == 0 {
-				metricChecks.WithLabelValues(z.name, "not_listed").Inc()
-			}
-			continue
-		}
-		metricChecks.WithLabelValues(z.name, "listed").Inc()
-		codeList := strings.Join(codes, ",")
-		if z.allow {
-			allowed = true
-			total -= points
-			if points != 0 {
-				d.scores = append(d.scores, smtpapp.ScoreReason{Module: "rbl", Points: -points,
-					Reason: fmt.Sprintf("%s allowlisted by %s (%s)", p.ip, z.name, codeList)})
-			}
-			allowings = append(allowings, z.name+"="+codeList)
-			continue
-		}
-		total += points
-		listedIn = append(listedIn, z.name)
-		if points != 0 {
-			d.scores = append(d.scores, smtpapp.ScoreReason{Module: "rbl", Points: points,
-				Reason: fmt.Sprintf("%s listed in %s (%s)", p.ip, z.name, codeList)})
-		}
-		listings = append(listings, z.name+"="+codeList)
-		if z.reject && rejectZone == nil {
-			rejectZone, rejectTXT = z, a.txt
-		}
-	}
-	action := "score"
-	switch {
-	case allowed:
-		if rejectZone != nil {
-			action = "score (allowlisted, not refused)"
-		}
-	case rejectZone != nil:
-		msg := fmt.Sprintf("Service unavailable; client [%s] blocked using %s", p.ip, rejectZone.name)
-		if reason := cleanReason(rejectTXT); reason != "" {
-			msg += "; " + reason
-		}
-		d.reject = smtpapp.Refuse(554, [3]int{5, 7, 1}, "listed", msg)
-		action = "reject"
-		metricRejections.WithLabelValues(rejectZone.name).Inc()
-	case r.RejectThreshold > 0 && total >= r.RejectThreshold:
-		d.reject = smtpapp.Refuse(554, [3]int{5, 7, 1}, "listed", fmt.Sprintf("Service unavailable; client [%s] blocked using %s",
-			p.ip, strings.Join(listedIn, ", ")))
-		action = "reject (threshold)"
-		metricRejections.WithLabelValues("threshold").Inc()
-	}
-	if len(listings) > 0 || len(allowings) > 0 || len(problems) > 0 || len(skipped) > 0 {
-		logFields = append(logFields, zap.String("ip", p.ip.String()), zap.Strings("listed_in", listings),
-			zap.Strings("allowlisted_by", allowings), zap.Float64("points", total), zap.String("action", action))
-		if len(problems) > 0 {
-			logFields = append(logFields, zap.Strings("problems", problems))
-		}
-		if len(skipped) > 0 {
-			logFields = append(logFields, zap.Strings("skipped", skipped))
-		}
-		logger := c.Logger().With(zap.String("module", "smtp.handlers.rbl"))
-		switch {
-		case len(listedIn) > 0 || allowed:
-			logger.Info("DNS list results", logFields...)
-		case len(problems) > 0:
-			logger.Warn("DNS lists could not all be checked", logFields...)
-		default:
-			logger.Debug("DNS lists skipped", logFields...)
-		}
-	}
-	p.d = d
-	return d
-}
-
 // score turns a list's answer into points, the listed codes and the
 // error codes.
 func (z *zone) score(addrs []netip.Addr) (points float64, codes, listErrs []string) {
@@ -568,11 +445,11 @@ func cleanReason(s string) string {
 //		cache_size <n>
 //	}
 func (r *RBL) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // module name
-	if d.NextArg() {
-		return d.ArgErr()
+	if err := caddyargs.Header(d, nil); err != nil {
+		return err
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
 		switch dir := d.Val(); dir {
 		case "zone", "allow":
 			z := &Zone{Allowlist: dir == "allow"}
@@ -597,29 +474,16 @@ func (r *RBL) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			r.Zones = append(r.Zones, z)
 		case "reject_threshold":
-			f, err := floatArg(d)
-			if err != nil {
-				return err
-			}
-			r.RejectThreshold = f
+			r.RejectThreshold, err = caddyargs.Float(d)
 		case "skip_networks":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			r.SkipNetworks = append(r.SkipNetworks, args...)
+			err = caddyargs.AppendArgs(d, &r.SkipNetworks)
 		case "cache_size":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
-			}
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				return d.Errf("cache_size: %v", err)
-			}
-			r.CacheSize = n
+			r.CacheSize, err = caddyargs.Int(d)
 		default:
 			return d.Errf("unrecognized rbl option %q", dir)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil
@@ -627,12 +491,11 @@ func (r *RBL) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 func parseZoneBlock(d *caddyfile.Dispenser, z *Zone) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
 		switch opt := d.Val(); opt {
 		case "weight":
-			f, err := floatArg(d)
-			if err != nil {
-				return err
-			}
+			var f float64
+			f, err = caddyargs.Float(d)
 			z.Weight = &f
 		case "action":
 			if !d.Args(&z.Action) {
@@ -651,61 +514,26 @@ func parseZoneBlock(d *caddyfile.Dispenser, z *Zone) error {
 				z.Codes = map[string]float64{}
 			}
 			z.Codes[k] = f
-		case "listed", "error_codes":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			if opt == "listed" {
-				z.Listed = append(z.Listed, args...)
-			} else {
-				z.ErrorCodes = append(z.ErrorCodes, args...)
-			}
-		case "timeout", "test_interval":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil {
-				return d.Errf("%s: %v", opt, err)
-			}
-			if opt == "timeout" {
-				z.Timeout = caddy.Duration(dur)
-			} else {
-				z.TestInterval = caddy.Duration(dur)
-			}
+		case "listed":
+			err = caddyargs.AppendArgs(d, &z.Listed)
+		case "error_codes":
+			err = caddyargs.AppendArgs(d, &z.ErrorCodes)
+		case "timeout":
+			z.Timeout, err = caddyargs.Duration(d)
+		case "test_interval":
+			z.TestInterval, err = caddyargs.Duration(d)
 		case "self_test":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
-			}
-			switch v {
-			case "off":
-				z.DisableSelfTest = true
-			case "on":
-				z.DisableSelfTest = false
-			default:
-				return d.Errf("self_test: %q is not on or off", v)
-			}
+			var on bool
+			on, err = caddyargs.OnOff(d)
+			z.DisableSelfTest = !on
 		default:
 			return d.Errf("unrecognized zone option %q", opt)
 		}
+		if err != nil {
+			return err
+		}
 	}
 	return nil
-}
-
-func floatArg(d *caddyfile.Dispenser) (float64, error) {
-	var v string
-	field := d.Val()
-	if !d.Args(&v) {
-		return 0, d.ArgErr()
-	}
-	f, err := strconv.ParseFloat(v, 64)
-	if err != nil {
-		return 0, d.Errf("%s: %v", field, err)
-	}
-	return f, nil
 }
 
 // Interface guards

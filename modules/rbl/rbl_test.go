@@ -3,7 +3,6 @@ package rbl_test
 import (
 	"crypto/tls"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/adapttest"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/maildir"
 	"github.com/caddy-smtp/caddy-smtp/modules/rbl"
 )
@@ -395,40 +395,11 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func TestUnmarshalCaddyfile(t *testing.T) {
-	in := `rbl {
-		zone zen.example.org reject {
-			code 127.0.0.2 3
-			code 127.0.0.10/31 0.5
-			timeout 1s
-			test_interval 5m
-		}
-		zone bl.example.net 2.5
-		allow list.dnswl.example 4 {
-			listed 127.0.0.0/16
-			error_codes 127.0.0.255
-			self_test off
-		}
-		reject_threshold 8
-		skip_networks 10.0.0.0/8 192.168.0.0/16
-	}`
-	var r rbl.RBL
-	if err := r.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := json.Marshal(r)
-	want := `{"zones":[{"name":"zen.example.org","action":"reject","codes":{"127.0.0.10/31":0.5,"127.0.0.2":3},"timeout":1000000000,"test_interval":300000000000},` +
-		`{"name":"bl.example.net","weight":2.5},` +
-		`{"name":"list.dnswl.example","allowlist":true,"weight":4,"listed":["127.0.0.0/16"],"error_codes":["127.0.0.255"],"disable_self_test":true}],` +
-		`"reject_threshold":8,"skip_networks":["10.0.0.0/8","192.168.0.0/16"]}`
-	if string(got) != want {
-		t.Fatalf("got  %s\nwant %s", got, want)
-	}
-	for _, bad := range []string{"rbl {\n zone\n}", "rbl {\n zone a.test maybe\n}", "rbl {\n bogus 1\n}", "rbl {\n zone a.test {\n self_test perhaps\n }\n}"} {
-		var r rbl.RBL
-		if err := r.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
-			t.Errorf("%q: want an error", bad)
-		}
-	}
+	adapttest.Run(t, func() caddyfile.Unmarshaler { return new(rbl.RBL) },
+		"rbl {\n zone\n}",
+		"rbl {\n zone a.test maybe\n}",
+		"rbl {\n bogus 1\n}",
+		"rbl {\n zone a.test {\n self_test perhaps\n }\n}")
 }
 
 // The cache and the zones' health survive a config reload: a reloaded

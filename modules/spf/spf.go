@@ -2,11 +2,9 @@
 // the MAIL FROM domain, or of the HELO name for the null sender, with
 // blitiri.com.ar/go/spf over the app's resolver.
 //
-// The result of the current transaction is left in the connection for
-// other modules (DMARC alignment) under the key "spf", as a
-// map[string]string with "result" (pass, fail...), "domain" (the domain
-// checked), "identity" ("mailfrom" or "helo") and "from" (the MAIL FROM
-// address it belongs to, "" for the null sender).
+// The result of the current transaction is recorded in the connection
+// with smtpapp.Conn.SetSPF, for other modules (DMARC alignment) to read
+// with smtpapp.Conn.SPF.
 package spf
 
 import (
@@ -14,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -26,7 +25,7 @@ import (
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/headertext"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/outcome"
-	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/sessiondomains"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -34,15 +33,20 @@ func init() {
 	caddy.RegisterModule(SPF{})
 }
 
-// ConnKey is the key of the SPF result in the connection's values.
-const ConnKey = "spf"
-
 // SPF checks whether the client may send mail for the MAIL FROM domain
 // (for the null sender: the HELO name). Each result maps to an outcome:
 // points added to the spam score, a refusal of MAIL FROM (550 5.7.23), or
 // a temporary refusal (451 4.7.24). A Received-SPF header field (RFC 7208
 // 9.1) records the result on the message. Authenticated sessions are not
 // checked.
+//
+// A session's checks are kept by domain: a later MAIL with the same
+// sender (and HELO) reuses the result, with a new sender of a domain
+// already checked it is checked again. A session may have at most
+// MaxDomainsPerSession distinct domains checked; a MAIL with one more
+// gets "451 4.7.1 Too many sender domains in one session, try again
+// later" (temporary, not scored and not checked), so that one connection
+// cannot make the server query the DNS without end.
 type SPF struct {
 	// Pass: the client is authorized. Default: score 0.
 	Pass *outcome.Outcome `json:"pass,omitempty"`
@@ -68,8 +72,14 @@ type SPF struct {
 	// DisableHeader stops adding the Received-SPF header field.
 	DisableHeader bool `json:"disable_header,omitempty"`
 
+	// MaxDomainsPerSession is how many distinct sender domains (HELO
+	// names for the null sender) one session may have checked; MAIL with
+	// a new domain beyond it is refused with 451 4.7.1. Default: 20.
+	MaxDomainsPerSession int `json:"max_domains_per_session,omitempty"`
+
 	outcomes map[string]outcome.Outcome // by result
 	resolver smtpapp.NetResolver
+	connKey  string // of the session's checks in the connection
 }
 
 // results are the outcome settings, one a result, named as the results.
@@ -95,25 +105,19 @@ func (SPF) CaddyModule() caddy.ModuleInfo {
 
 // Provision checks the config.
 func (s *SPF) Provision(ctx caddy.Context) error {
-	app := smtpapp.AppFrom(ctx)
-	if app == nil {
-		return fmt.Errorf("the spf handler works only in the smtp app")
-	}
-	if err := promreg.Register(ctx.GetMetricsRegistry(), metricResults); err != nil {
-		return fmt.Errorf("registering metrics: %v", err)
+	app, err := outcome.App(ctx, "spf", metricResults)
+	if err != nil {
+		return err
 	}
 	s.resolver = smtpapp.NetResolver{R: app.DNS()}
-	var err error
 	if s.outcomes, err = outcome.Resolve(s, results); err != nil {
 		return err
 	}
-	if s.Timeout < 0 {
-		return fmt.Errorf("timeout: must not be negative")
+	if err := sessiondomains.Validate(&s.MaxDomainsPerSession); err != nil {
+		return err
 	}
-	if s.Timeout == 0 {
-		s.Timeout = caddy.Duration(20 * time.Second)
-	}
-	return nil
+	s.connKey = fmt.Sprintf("smtp.handlers.spf@%p", s)
+	return outcome.Timeout(&s.Timeout, 20*time.Second)
 }
 
 // check is one SPF evaluation.
@@ -123,17 +127,23 @@ type check struct {
 	domain   string
 	identity string // mailfrom or helo
 	from     string
-	ip       string
+	addr     netip.Addr // the client's
+	ip       string     // addr as text
 	helo     string
 }
 
 // Mail checks the sender and applies the result's outcome.
 func (s *SPF) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
-	if c.Account() != "" || c.Trusted() {
+	if outcome.Unchecked(c) {
 		return nil
 	}
-	ck := s.check(ctx, c, from)
-	c.Set(ConnKey, map[string]string{"result": string(ck.result), "domain": ck.domain, "identity": ck.identity, "from": from})
+	ck, ok := s.checkOnce(ctx, c, from)
+	if !ok {
+		c.Logger().Info("SPF not checked: too many sender domains in the session", zap.String("module", "smtp.handlers.spf"),
+			zap.String("domain", ck.domain), zap.Int("max_domains_per_session", s.MaxDomainsPerSession))
+		return sessiondomains.Refusal()
+	}
+	c.SetSPF(smtpapp.SPFResult{From: from, Result: string(ck.result), Domain: ck.domain, Identity: ck.identity})
 	o := s.outcomes[string(ck.result)]
 	fields := []zap.Field{zap.String("module", "smtp.handlers.spf"), zap.String("result", string(ck.result)),
 		zap.String("identity", ck.identity), zap.String("domain", ck.domain), zap.String("action", o.Action)}
@@ -147,32 +157,69 @@ func (s *SPF) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
 		smtpapp.Errorf(451, [3]int{4, 7, 24}, fmt.Sprintf("SPF %s: %s; try again later", ck.result, ck.explain())))
 }
 
-func (s *SPF) check(ctx context.Context, c *smtpapp.Conn, from string) check {
-	ip := c.RemoteIP().Unmap()
-	helo := c.Helo()
-	ck := check{from: from, ip: ip.String(), helo: helo, identity: "mailfrom"}
-	sender := from
-	if from == "" {
-		// RFC 7208 2.4: the null sender is checked as postmaster@<HELO>.
-		ck.identity = "helo"
-		sender = "postmaster@" + helo
-	}
-	if at := strings.LastIndexByte(sender, '@'); at >= 0 {
-		ck.domain = strings.ToLower(sender[at+1:])
-	}
-	if ck.identity == "helo" && !smtpapp.ValidHostname(helo) {
-		// An address literal or a malformed name: nothing to check.
+// checkOnce checks the sender, or reuses the session's check of the same
+// sender and HELO. ok is false, and nothing checked, when the sender's
+// domain would be one too many for the session.
+func (s *SPF) checkOnce(ctx context.Context, c *smtpapp.Conn, from string) (ck check, ok bool) {
+	ck = newCheck(c, from)
+	if ck.identity == "helo" && !smtpapp.ValidHostname(ck.helo) {
+		// An address literal or a malformed name: nothing to look up.
 		ck.result, ck.err = spf.None, errors.New("the HELO name is not a domain")
-		return ck
+		return ck, true
 	}
+	checks := s.sessionChecks(c)
+	if prev, ok := checks.Get(ck.domain); ok && prev.from == ck.from && prev.helo == ck.helo {
+		return prev, true
+	}
+	if !checks.Admit(ck.domain) {
+		return ck, false
+	}
+	s.evaluate(ctx, &ck)
+	checks.Put(ck.domain, ck)
+	return ck, true
+}
+
+// sessionChecks are the session's checks by domain.
+func (s *SPF) sessionChecks(c *smtpapp.Conn) *sessiondomains.Cache[check] {
+	if v, ok := c.Get(s.connKey).(*sessiondomains.Cache[check]); ok {
+		return v
+	}
+	v := sessiondomains.New[check](s.MaxDomainsPerSession)
+	c.Set(s.connKey, v)
+	return v
+}
+
+// newCheck is the check of the session's sender: its identity and domain.
+func newCheck(c *smtpapp.Conn, from string) check {
+	addr := c.RemoteIP().Unmap()
+	ck := check{from: from, addr: addr, ip: addr.String(), helo: c.Helo(), identity: "mailfrom"}
+	if at := strings.LastIndexByte(ck.sender(), '@'); at >= 0 {
+		ck.domain = strings.ToLower(ck.sender()[at+1:])
+	}
+	if from == "" {
+		ck.identity = "helo"
+	}
+	return ck
+}
+
+// sender is the address checked: RFC 7208 2.4 checks the null sender as
+// postmaster@<HELO>.
+func (ck check) sender() string {
+	if ck.from == "" {
+		return "postmaster@" + ck.helo
+	}
+	return ck.from
+}
+
+// evaluate runs check_host (RFC 7208 4) for the check's sender.
+func (s *SPF) evaluate(ctx context.Context, ck *check) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(s.Timeout))
 	defer cancel()
-	ck.result, ck.err = spf.CheckHostWithSender(net.IP(ip.AsSlice()), helo, sender,
+	ck.result, ck.err = spf.CheckHostWithSender(net.IP(ck.addr.AsSlice()), ck.helo, ck.sender(),
 		spf.WithResolver(s.resolver), spf.WithContext(ctx))
 	if ck.result == "" {
 		ck.result = spf.TempError
 	}
-	return ck
 }
 
 // explain is the human part of a result (RFC 7208 9.1 comment).
@@ -201,14 +248,14 @@ func (ck check) explain() string {
 
 // Data adds the Received-SPF header field of this transaction's check.
 func (s *SPF) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message) error {
-	if s.DisableHeader || c.Account() != "" || c.Trusted() {
+	if s.DisableHeader || outcome.Unchecked(c) {
 		return nil
 	}
-	v, _ := c.Get(ConnKey).(map[string]string)
-	if v == nil || v["from"] != c.From() {
+	r, ok := c.SPF()
+	if !ok {
 		return nil
 	}
-	ck := check{result: spf.Result(v["result"]), domain: v["domain"], identity: v["identity"], from: v["from"],
+	ck := check{result: spf.Result(r.Result), domain: r.Domain, identity: r.Identity, from: r.From,
 		ip: c.RemoteIP().Unmap().String(), helo: c.Helo()}
 	msg.AddHeader("Received-SPF", receivedSPF(ck, c.Hostname()))
 	return nil
@@ -256,36 +303,23 @@ func kvValue(s string) string {
 //		pass|fail|softfail|neutral|none|temperror|permerror reject|defer|<score>
 //		timeout <duration>
 //		header off
+//		max_domains_per_session <n>
 //	}
 func (s *SPF) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // module name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		switch opt {
-		case "timeout":
-			var err error
-			if s.Timeout, err = caddyargs.Duration(d); err != nil {
-				return err
-			}
-			continue
+	return outcome.UnmarshalCaddyfile(d, s, results, &s.Timeout, func(d *caddyfile.Dispenser) (bool, error) {
+		var err error
+		switch d.Val() {
 		case "header":
-			var v string
-			if !d.Args(&v) || (v != "on" && v != "off") {
-				return d.Err("header: want on or off")
-			}
-			s.DisableHeader = v == "off"
-			continue
+			var on bool
+			on, err = caddyargs.OnOff(d)
+			s.DisableHeader = !on
+		case "max_domains_per_session":
+			s.MaxDomainsPerSession, err = caddyargs.Int(d)
+		default:
+			return false, nil
 		}
-		if ok, err := outcome.Unmarshal(d, s, results); !ok {
-			return d.Errf("unrecognized spf option %q", opt)
-		} else if err != nil {
-			return err
-		}
-	}
-	return nil
+		return true, err
+	})
 }
 
 // Interface guards

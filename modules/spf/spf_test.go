@@ -1,7 +1,6 @@
 package spf_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/adapttest"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/maildir"
 	"github.com/caddy-smtp/caddy-smtp/modules/spf"
 )
@@ -207,28 +207,50 @@ func TestSPFConfigErrors(t *testing.T) {
 }
 
 func TestSPFUnmarshalCaddyfile(t *testing.T) {
-	in := `spf {
-		fail reject
-		softfail 2.5
-		none score 1
-		temperror defer
-		pass -0.5
-		timeout 10s
-		header off
-	}`
-	var s spf.SPF
-	if err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
-		t.Fatal(err)
+	adapttest.Run(t, func() caddyfile.Unmarshaler { return new(spf.SPF) },
+		"spf {\n fail maybe\n}",
+		"spf {\n bogus 1\n}",
+		"spf {\n fail\n}",
+		"spf {\n header perhaps\n}")
+}
+
+// One session gets at most max_domains_per_session sender domains
+// checked: a sender checked already costs no DNS query, a new domain
+// beyond the limit is deferred (451 4.7.1) without a query, and a new
+// session starts afresh.
+func TestSPFDomainsPerSessionBounded(t *testing.T) {
+	d := testenv.StartDNS(t)
+	records(t, d)
+	s := start(t, d, map[string]any{"max_domains_per_session": 3})
+	c, r := s.mail(t, "127.0.0.2", "client.example.org", "a@pass.test")
+	if r.Code != 250 {
+		t.Fatalf("first domain: %s", r)
 	}
-	got, _ := json.Marshal(s)
-	want := `{"pass":{"score":-0.5},"fail":{"action":"reject"},"softfail":{"score":2.5},"none":{"score":1},"temperror":{"action":"defer"},"timeout":10000000000,"disable_header":true}`
-	if string(got) != want {
-		t.Fatalf("got  %s\nwant %s", got, want)
+	c.Expect("RSET", 250)
+	before := d.Queries.Load()
+	c.Expect("MAIL FROM:<a@pass.test>", 250)
+	if n := d.Queries.Load() - before; n != 0 {
+		t.Errorf("the same sender again: %d DNS queries, want 0", n)
 	}
-	for _, bad := range []string{"spf {\n fail maybe\n}", "spf {\n bogus 1\n}", "spf {\n fail\n}", "spf {\n header perhaps\n}"} {
-		var s spf.SPF
-		if err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
-			t.Errorf("%q: want an error", bad)
-		}
+	for _, from := range []string{"b@soft.test", "c@neutral.test", "other@pass.test"} {
+		c.Expect("RSET", 250)
+		c.Expect("MAIL FROM:<"+from+">", 250)
+	}
+	c.Expect("RSET", 250)
+	before = d.Queries.Load()
+	r = c.Cmd("MAIL FROM:<d@nospf.test>")
+	if r.Code != 451 || r.Text() != "4.7.1 Too many sender domains in one session, try again later" {
+		t.Errorf("a fourth domain: want 451 4.7.1 Too many sender domains..., got %s", r)
+	}
+	if n := d.Queries.Load() - before; n != 0 {
+		t.Errorf("the refused domain: %d DNS queries, want 0", n)
+	}
+	c.Expect("MAIL FROM:<e@PASS.test>", 250) // a domain of the session's
+	s.finish(t, c)
+	if got := s.take(t, "alice"); !strings.Contains(got, "Received-SPF: pass ") {
+		t.Errorf("want a pass for a domain checked before:\n%s", got)
+	}
+	if _, r := s.mail(t, "127.0.0.2", "client.example.org", "d@nospf.test"); r.Code != 250 {
+		t.Errorf("a new session: %s", r)
 	}
 }

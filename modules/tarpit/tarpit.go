@@ -238,43 +238,47 @@ func (h *Tarpit) Event(c *smtpapp.Conn, ev smtpapp.Event) {
 //		exempt <cidr>...
 //	}
 func (h *Tarpit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // module name
-	if d.NextArg() {
-		return d.ArgErr()
+	if err := caddyargs.Header(d, nil); err != nil {
+		return err
 	}
 	for d.NextBlock(0) {
-		opt := d.Val()
-		switch opt {
-		case "greeting_delay", "error_delay", "max_delay":
-			dur, err := caddyargs.Duration(d)
-			if err != nil {
-				return err
-			}
-			*map[string]*caddy.Duration{"greeting_delay": &h.GreetingDelay, "error_delay": &h.ErrorDelay, "max_delay": &h.MaxDelay}[opt] = dur
+		var err error
+		switch opt := d.Val(); opt {
+		case "greeting_delay":
+			h.GreetingDelay, err = caddyargs.Duration(d)
+		case "error_delay":
+			h.ErrorDelay, err = caddyargs.Duration(d)
+		case "max_delay":
+			h.MaxDelay, err = caddyargs.Duration(d)
 		case "score":
-			var thr, v string
-			if !d.Args(&thr, &v) {
-				return d.ArgErr()
-			}
-			var f float64
-			if _, err := fmt.Sscanf(thr, "%g", &f); err != nil {
-				return d.Errf("score: threshold %q is not a number", thr)
-			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil {
-				return d.Errf("score: %v", err)
-			}
-			h.ScoreThreshold, h.ScoreDelay = &f, caddy.Duration(dur)
+			err = h.unmarshalScore(d)
 		case "exempt":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			h.Exempt = append(h.Exempt, args...)
+			err = caddyargs.AppendArgs(d, &h.Exempt)
 		default:
 			return d.Errf("unrecognized tarpit option %q", opt)
 		}
+		if err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+// unmarshalScore parses `score <threshold> <delay>`.
+func (h *Tarpit) unmarshalScore(d *caddyfile.Dispenser) error {
+	var thr, v string
+	if !d.Args(&thr, &v) {
+		return d.ArgErr()
+	}
+	var f float64
+	if _, err := fmt.Sscanf(thr, "%g", &f); err != nil {
+		return d.Errf("score: threshold %q is not a number", thr)
+	}
+	dur, err := caddyargs.ParseDuration(d, "score", v)
+	if err != nil {
+		return err
+	}
+	h.ScoreThreshold, h.ScoreDelay = &f, dur
 	return nil
 }
 

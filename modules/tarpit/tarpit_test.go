@@ -2,7 +2,6 @@ package tarpit_test
 
 import (
 	"context"
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/abusetest"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/adapttest"
 	"github.com/caddy-smtp/caddy-smtp/modules/tarpit"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
@@ -216,26 +216,9 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func TestCaddyfile(t *testing.T) {
-	var h tarpit.Tarpit
-	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`tarpit {
-		greeting_delay 6s
-		error_delay 1s
-		max_delay 20s
-		score 5 10s
-		exempt 10.0.0.0/8
-	}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, _ := json.Marshal(&h)
-	want := `{"greeting_delay":6000000000,"error_delay":1000000000,"max_delay":20000000000,"score_threshold":5,"score_delay":10000000000,"exempt":["10.0.0.0/8"]}`
-	if string(got) != want {
-		t.Errorf("got  %s\nwant %s", got, want)
-	}
-	for _, bad := range []string{"tarpit {\n greeting_delay\n}", "tarpit {\n score x 1s\n}", "tarpit {\n nonsense 1\n}", "tarpit arg"} {
-		var h tarpit.Tarpit
-		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
-			t.Errorf("%q: no error", bad)
-		}
-	}
+	adapttest.Run(t, func() caddyfile.Unmarshaler { return new(tarpit.Tarpit) },
+		"tarpit {\n greeting_delay\n}",
+		"tarpit {\n score x 1s\n}",
+		"tarpit {\n nonsense 1\n}",
+		"tarpit arg")
 }

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-smtp/caddy-smtp/modules/auth/authtable"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -213,12 +214,8 @@ func (f *File) Lookup(ctx context.Context, address string) (string, error) {
 //		check_interval <duration>
 //	}
 func (f *File) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // module name
-	if d.NextArg() {
-		f.Path = d.Val()
-	}
-	if d.NextArg() {
-		return d.ArgErr()
+	if err := caddyargs.Header(d, &f.Path); err != nil {
+		return err
 	}
 	for d.NextBlock(0) {
 		switch d.Val() {
@@ -227,15 +224,10 @@ func (f *File) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "check_interval":
-			var v string
-			if !d.Args(&v) {
-				return d.ArgErr()
+			var err error
+			if f.CheckInterval, err = caddyargs.Duration(d); err != nil {
+				return err
 			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil {
-				return d.Errf("check_interval: %v", err)
-			}
-			f.CheckInterval = caddy.Duration(dur)
 		default:
 			return d.Errf("unrecognized file accounts option %q", d.Val())
 		}

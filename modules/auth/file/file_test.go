@@ -100,6 +100,7 @@ func TestUsersFileChangesWithoutReload(t *testing.T) {
 }
 
 func TestParseFileReportsLineNumbers(t *testing.T) {
+	t.Parallel()
 	p := t.TempDir() + "/users"
 	h := hash(t, "x")
 	os.WriteFile(p, []byte("a@example.test:"+h+"\n\n# c\nbroken\nb@example.test:"+h+":a@example.test\nc@@x:"+h+"\n"), 0o600)

@@ -21,8 +21,10 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
 	"go.uber.org/zap"
+
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
 )
 
 // Store keeps counters and bans. Keys are plain strings that the caller
@@ -278,6 +280,13 @@ func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
+		if opt == "timeout" {
+			var err error
+			if c.Timeout, err = caddyargs.Duration(d); err != nil {
+				return err
+			}
+			continue
+		}
 		var v string
 		if !d.Args(&v) {
 			return d.ArgErr()
@@ -297,15 +306,85 @@ func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			c.DB = n
 		case "key_prefix":
 			c.KeyPrefix = v
-		case "timeout":
-			dur, err := caddy.ParseDuration(v)
-			if err != nil {
-				return d.Errf("store timeout: %v", err)
-			}
-			c.Timeout = caddy.Duration(dur)
 		default:
 			return d.Errf("unrecognized store option %q", opt)
 		}
 	}
 	return nil
+}
+
+// ZoneName is a zone name as configured, "default" when empty; zones
+// are part of the store's keys, so they hold no colons or spaces.
+func ZoneName(zone string) (string, error) {
+	if zone == "" {
+		return "default", nil
+	}
+	if strings.ContainsAny(zone, ": \t\r\n") {
+		return "", fmt.Errorf("zone: %q must not contain colons or spaces", zone)
+	}
+	return zone, nil
+}
+
+// Options are the config fields that every handler counting in a store
+// (ban, ratelimit) has, for UnmarshalCaddyfile.
+type Options struct {
+	Zone       *string
+	IPv4Prefix *int
+	IPv6Prefix *int
+	Store      **Config
+}
+
+// UnmarshalCaddyfile parses a handler's block: the shared options
+//
+//	<handler> {
+//		zone <name>
+//		ipv4_prefix <bits>
+//		ipv6_prefix <bits>
+//		store memory | redis [<address>] { ... }
+//	}
+//
+// and the handler's own, which option parses with the dispenser on the
+// option's name, reporting whether it was one of them.
+func (o Options) UnmarshalCaddyfile(d *caddyfile.Dispenser, option func(d *caddyfile.Dispenser) (bool, error)) error {
+	if err := caddyargs.Header(d, nil); err != nil {
+		return err
+	}
+	handler := d.Val()
+	for d.NextBlock(0) {
+		opt := d.Val()
+		ok, err := o.unmarshalOption(d)
+		if !ok {
+			ok, err = option(d)
+		}
+		if !ok {
+			return d.Errf("unrecognized %s option %q", handler, opt)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmarshalOption parses one of the shared options, with the dispenser
+// on its name, and reports whether it was one.
+func (o Options) unmarshalOption(d *caddyfile.Dispenser) (bool, error) {
+	switch opt := d.Val(); opt {
+	case "zone":
+		if !d.Args(o.Zone) {
+			return true, d.ArgErr()
+		}
+	case "ipv4_prefix", "ipv6_prefix":
+		n, err := caddyargs.Int(d)
+		if err != nil {
+			return true, err
+		}
+		*map[string]*int{"ipv4_prefix": o.IPv4Prefix, "ipv6_prefix": o.IPv6Prefix}[opt] = n
+	case "store":
+		*o.Store = &Config{}
+		return true, (*o.Store).UnmarshalCaddyfile(d)
+	default:
+		return false, nil
+	}
+	return true, nil
 }

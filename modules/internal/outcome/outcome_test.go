@@ -17,6 +17,7 @@ var settings = []Setting[cfg]{
 }
 
 func TestResolve(t *testing.T) {
+	t.Parallel()
 	got, err := Resolve(&cfg{T: &Outcome{Action: Defer}}, settings)
 	if err != nil {
 		t.Fatal(err)
@@ -42,6 +43,7 @@ func TestResolve(t *testing.T) {
 }
 
 func TestUnmarshal(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		in, want string
 		all      bool
@@ -86,6 +88,7 @@ func TestUnmarshal(t *testing.T) {
 }
 
 func TestApplyRefusals(t *testing.T) {
+	t.Parallel()
 	rej, def := errors.New("550"), errors.New("451")
 	if err := (Outcome{Action: Reject}).Apply(nil, "m", "r", rej, def); err != rej {
 		t.Errorf("reject: %v", err)

@@ -4,13 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -164,67 +161,5 @@ func TestExampleCaddyfile(t *testing.T) {
 	env.Load(cfg)
 	if _, err := os.Stat(filepath.Join(dir, "queue", "queue")); err != nil {
 		t.Errorf("the example's spool was not created: %v", err)
-	}
-}
-
-// While another process holds the spool lock, messages are accepted and
-// kept but not delivered; once the lock is free they are.
-func TestSpoolLockedElsewhere(t *testing.T) {
-	h := newHarness(t, "127.0.0.2")
-	spool := h.env.Path("queue")
-	os.MkdirAll(spool, 0o700)
-	lf, err := os.OpenFile(filepath.Join(spool, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
-	h.load()
-	h.send("alice@example.test", []string{"bob@example.org"}, message("locked", "bob@example.org"))
-	mx := h.mx["127.0.0.2"]
-	if mx.WaitMessages(1, 700*time.Millisecond) {
-		t.Fatal("delivered while another process holds the spool lock")
-	}
-	if files, _ := os.ReadDir(filepath.Join(spool, "queue")); len(files) != 1 {
-		t.Fatalf("the message is not in the spool: %v", files)
-	}
-	lf.Close() // the other process exits
-	if !mx.WaitMessages(1, 5*time.Second) {
-		t.Fatal("not delivered after the lock was released")
-	}
-}
-
-// A reload with shorter retry settings applies to messages already
-// waiting; metrics count deliveries.
-func TestReloadAppliesRetrySettings(t *testing.T) {
-	h := newHarness(t, "127.0.0.2", "127.0.0.4")
-	h.mx["127.0.0.4"].Close()
-	h.dns.Add(t, "down.example. 300 IN MX 10 mx.down.example.", "mx.down.example. 300 IN A 127.0.0.4")
-	h.queue["retry"] = map[string]any{"initial": "1h", "jitter": -1}
-	h.load()
-	h.send("alice@example.test", []string{"x@down.example"}, message("waiting", "x@down.example"))
-	testenv.WaitFor(5*time.Second, func() bool {
-		l := h.list()
-		return len(l) == 1 && l[0].Attempts == 1 && !l[0].InFlight && l[0].NextTry != nil
-	})
-	mx := testenv.StartMX(t, fmt.Sprintf("127.0.0.4:%d", h.port), testenv.MXOptions{})
-	h.queue["retry"] = map[string]any{"initial": "100ms", "max": "200ms", "jitter": -1}
-	h.load()
-	if !mx.WaitMessages(1, 3*time.Second) {
-		t.Fatalf("the new retry settings did not apply to the waiting message: %+v", h.list())
-	}
-	h.waitEmpty(3 * time.Second)
-
-	resp, err := adminClient.Get("http://" + h.env.Admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, want := range []string{`caddy_smtp_queue_deliveries_total{result="deferred"}`, `caddy_smtp_queue_deliveries_total{result="delivered"}`, "caddy_smtp_queue_messages "} {
-		if !strings.Contains(string(b), want) {
-			t.Errorf("metrics lack %s", want)
-		}
 	}
 }

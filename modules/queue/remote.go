@@ -1,0 +1,451 @@
+package queue
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-smtp/caddy-smtp/smtpapp"
+)
+
+// hop is a host to try for a destination.
+type hop struct {
+	host      string
+	port      string
+	smarthost bool
+}
+
+// deliverRemote delivers to a domain's MX hosts (RFC 5321 5.1) in
+// preference order, or to the smarthost, and returns one result per
+// recipient.
+func (e *engine) deliverRemote(s *settings, ent *entry, domain string, idx []int) []result {
+	ctx := e.ctx
+	hops, res := e.hops(ctx, s, domain)
+	if res != nil {
+		return fill(len(idx), *res)
+	}
+	f, err := os.Open(e.sp.path(ent.rec.ID))
+	if err != nil {
+		return fill(len(idx), tempErr("4.3.0", "opening the queued message: %v", err))
+	}
+	defer f.Close()
+	last := tempErr("4.4.1", "no MX host of %s could be reached", domain)
+	var refused []string // internal addresses not tried
+	tries, lookupFailed := 0, false
+	for _, h := range hops {
+		ips, internal, err := e.addresses(ctx, s, h)
+		if err != nil {
+			last, lookupFailed = tempErr("4.4.3", "%s: %v", h.host, err), true
+			continue
+		}
+		if len(internal) > 0 {
+			s.logger.Warn("not delivering to internal addresses (allow_private_destinations is off)",
+				zap.String("id", ent.rec.ID), zap.String("domain", domain), zap.Strings("refused", internal))
+			refused = append(refused, internal...)
+		}
+		for _, ip := range ips {
+			if tries >= maxConnTries || ctx.Err() != nil {
+				return fill(len(idx), last)
+			}
+			tries++
+			res, err := e.sessionWithFallback(ctx, s, ent, f, h, ip, idx)
+			if err == nil {
+				return res
+			}
+			s.logger.Debug("MX host failed", zap.String("id", ent.rec.ID), zap.String("mx", h.host),
+				zap.Stringer("ip", ip), zap.Error(err))
+			last = sessionErr(h.host, err)
+		}
+	}
+	if len(refused) > 0 && tries == 0 && !lookupFailed {
+		// Every address the domain leads to is internal: retrying will
+		// not change that.
+		return fill(len(idx), permErr(550, "5.4.4", "destination address not allowed (private/loopback): %s",
+			strings.Join(refused, ", ")))
+	}
+	return fill(len(idx), last)
+}
+
+// addresses looks up h's addresses and leaves out the internal ones
+// (unless allowed, or h is the smarthost), which it returns as
+// "host (ip)" for the log and the bounce.
+func (e *engine) addresses(ctx context.Context, s *settings, h hop) (ips []netip.Addr, internal []string, err error) {
+	ips, err = e.lookupHost(ctx, s, h.host)
+	if err != nil || h.smarthost || s.allowPrivate {
+		return ips, nil, err
+	}
+	ips, refused := splitInternal(ips)
+	for _, ip := range refused {
+		internal = append(internal, h.host+" ("+ip.String()+")")
+	}
+	return ips, internal, nil
+}
+
+// hops are the hosts to try for domain: the smarthost, or its MX hosts.
+func (e *engine) hops(ctx context.Context, s *settings, domain string) ([]hop, *result) {
+	if sh := s.smarthost; sh != nil {
+		return []hop{{host: sh.host, port: sh.port, smarthost: true}}, nil
+	}
+	hosts, res := e.mxHosts(ctx, s, domain)
+	if res != nil {
+		return nil, res
+	}
+	hops := make([]hop, len(hosts))
+	for i, h := range hosts {
+		hops[i] = hop{host: h, port: strconv.Itoa(s.port)}
+	}
+	return hops, nil
+}
+
+// sessionWithFallback runs a session and, when the STARTTLS handshake
+// fails and TLS is not required, another one in plain text (what Postfix
+// does at its "may" level).
+func (e *engine) sessionWithFallback(ctx context.Context, s *settings, ent *entry, body io.ReaderAt, h hop, ip netip.Addr, idx []int) ([]result, error) {
+	res, err := e.session(ctx, s, ent, body, h, ip, idx, false)
+	var hs *errTLSHandshake
+	if errors.As(err, &hs) && !s.tlsRequire && !h.smarthost {
+		s.logger.Info("TLS handshake failed; trying again without TLS",
+			zap.String("id", ent.rec.ID), zap.String("mx", h.host), zap.Stringer("ip", ip), zap.Error(err))
+		res, err = e.session(ctx, s, ent, body, h, ip, idx, true)
+	}
+	return res, err
+}
+
+// maxConnTries bounds the addresses tried in one attempt.
+const maxConnTries = 10
+
+// sessionErr makes a temporary result from a host that failed before the
+// transaction (the next host is tried).
+func sessionErr(host string, err error) result {
+	var r *reply
+	if errors.As(err, &r) {
+		return result{kind: resTemp, code: r.Code, enhanced: tempEnh(r.Enhanced), text: r.Error(), mta: host}
+	}
+	return tempErr("4.4.1", "%s: %v", host, err)
+}
+
+func tempEnh(enh string) string {
+	if enh == "" {
+		return "4.4.0"
+	}
+	return "4" + enh[1:]
+}
+
+// mxHosts returns the hosts to try for domain, or a result for every
+// recipient when there are none.
+func (e *engine) mxHosts(ctx context.Context, s *settings, domain string) ([]string, *result) {
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	mxs, err := s.app.DNS().LookupMX(lctx, domain)
+	switch {
+	case errors.Is(err, smtpapp.ErrNotFound):
+		// No MX: the domain itself is the implicit MX, if it has an address.
+		_, err := s.app.DNS().LookupIP(lctx, domain)
+		if errors.Is(err, smtpapp.ErrNotFound) {
+			r := permErr(550, "5.1.2", "domain %s has no MX and no address record", domain)
+			return nil, &r
+		}
+		if err != nil {
+			r := tempErr("4.4.3", "looking up %s: %v", domain, err)
+			return nil, &r
+		}
+		return []string{domain}, nil
+	case err != nil:
+		r := tempErr("4.4.3", "MX lookup of %s: %v", domain, err)
+		return nil, &r
+	}
+	// RFC 7505: a single MX "." means the domain accepts no mail.
+	if len(mxs) == 1 && (mxs[0].Host == "" || mxs[0].Host == ".") {
+		r := permErr(556, "5.1.10", "domain %s does not accept mail (null MX)", domain)
+		return nil, &r
+	}
+	// Equal preferences in random order (RFC 5321 5.1).
+	var hosts []string
+	for i := 0; i < len(mxs); {
+		j := i
+		for j < len(mxs) && mxs[j].Pref == mxs[i].Pref {
+			j++
+		}
+		group := mxs[i:j]
+		rand.Shuffle(len(group), func(a, b int) { group[a], group[b] = group[b], group[a] })
+		for _, mx := range group {
+			if mx.Host != "" && mx.Host != "." {
+				hosts = append(hosts, strings.ToLower(mx.Host))
+			}
+		}
+		i = j
+	}
+	return hosts, nil
+}
+
+func (e *engine) lookupHost(ctx context.Context, s *settings, host string) ([]netip.Addr, error) {
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ips, err := s.app.DNS().LookupIP(lctx, host)
+	if err != nil {
+		return nil, err
+	}
+	// IPv4 first: many hosts have no working IPv6 route.
+	var v4, v6 []netip.Addr
+	for _, ip := range ips {
+		if ip.Unmap().Is4() {
+			v4 = append(v4, ip.Unmap())
+		} else {
+			v6 = append(v6, ip)
+		}
+	}
+	return append(v4, v6...), nil
+}
+
+// session delivers to one address of a host: dial, secure (STARTTLS),
+// authenticate (smarthost), transact. A returned error means the host
+// failed before any transaction got a final answer: the caller tries the
+// next address.
+func (e *engine) session(ctx context.Context, s *settings, ent *entry, body io.ReaderAt, h hop, ip netip.Addr, idx []int, plain bool) (res []result, err error) {
+	c, tlsState, err := e.dial(ctx, s, h, ip)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	looped := false
+	defer func() {
+		outcome := "ok"
+		if err != nil || looped {
+			outcome = "error"
+		}
+		metricSessions.WithLabelValues(tlsState, outcome).Inc()
+	}()
+	if err := c.greet(); err != nil {
+		c.close()
+		return nil, err
+	}
+	if !h.smarthost && strings.EqualFold(c.serverName, s.hostname) {
+		c.quit()
+		looped = true
+		return fill(len(idx), permErr(554, "5.4.6", "mail for %s loops back to myself (%s greets as %s)",
+			domainOf(ent.rec.Recipients[idx[0]].Address), h.host, c.serverName)), nil
+	}
+	if err := c.hello(s.hostname); err != nil {
+		c.close()
+		return nil, err
+	}
+	if tlsState, err = e.secure(ctx, s, c, h, plain, tlsState); err != nil {
+		return nil, err
+	}
+	if err := s.authenticate(c, h); err != nil {
+		return nil, err
+	}
+	return e.transact(s, c, ent, body, h, idx, tlsState)
+}
+
+// dial connects to ip, with TLS from the first byte for a smarthost that
+// wants it, and returns the client and its TLS metric label.
+func (e *engine) dial(ctx context.Context, s *settings, h hop, ip netip.Addr) (*client, string, error) {
+	d := net.Dialer{Timeout: s.connectTimeout}
+	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(ip.String(), h.port))
+	if err != nil {
+		return nil, "", err
+	}
+	if !h.smarthost || !s.smarthost.implicitTLS {
+		return newClient(conn, s.cmdTimeout), "none", nil
+	}
+	tc := tls.Client(conn, s.smarthost.tlsConfig)
+	hctx, cancel := context.WithTimeout(ctx, s.cmdTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		conn.Close()
+		return nil, "", fmt.Errorf("TLS handshake: %w", err)
+	}
+	c := newClient(tc, s.cmdTimeout)
+	st := tc.ConnectionState()
+	c.tlsState = &st
+	return c, s.smarthost.tlsLabel(), nil
+}
+
+// secure runs STARTTLS when the policy wants it (not when plain) and
+// returns the session's TLS metric label. On error the connection is
+// closed.
+func (e *engine) secure(ctx context.Context, s *settings, c *client, h hop, plain bool, tlsState string) (string, error) {
+	if c.tlsState != nil {
+		return tlsState, nil // implicit TLS
+	}
+	sh := s.smarthost
+	wantTLS := !plain && (h.smarthost && sh.starttls || !h.smarthost && !s.tlsDisable)
+	mustTLS := h.smarthost && sh.starttls || !h.smarthost && s.tlsRequire
+	if !wantTLS || !c.has("STARTTLS") {
+		if mustTLS {
+			c.quit()
+			return tlsState, fmt.Errorf("STARTTLS is required but %s does not offer it", h.host)
+		}
+		return tlsState, nil
+	}
+	verified := false
+	var cfg *tls.Config
+	if h.smarthost {
+		cfg = sh.tlsConfig
+	} else {
+		cfg = s.tlsSettings.config(h.host, &verified)
+	}
+	err := c.startTLS(ctx, cfg)
+	var r *reply
+	switch {
+	case err == nil:
+	case errors.As(err, &r) && !mustTLS:
+		return tlsState, nil // STARTTLS refused: carry on in plain text
+	default:
+		c.close()
+		return tlsState, err
+	}
+	tlsState = "unverified"
+	if verified || s.tlsVerify && !h.smarthost || h.smarthost && !sh.tlsConfig.InsecureSkipVerify {
+		tlsState = "verified"
+	}
+	if err := c.hello(s.hostname); err != nil {
+		c.close()
+		return tlsState, err
+	}
+	return tlsState, nil
+}
+
+// authenticate logs in to a smarthost that has credentials. On error the
+// session is ended.
+func (s *settings) authenticate(c *client, h hop) error {
+	sh := s.smarthost
+	if !h.smarthost || sh.username == "" {
+		return nil
+	}
+	if c.tlsState == nil {
+		c.quit()
+		return fmt.Errorf("refusing to send the password without TLS")
+	}
+	err := c.auth(sh.saslClient(c.ext["AUTH"]))
+	if err == nil {
+		return nil
+	}
+	c.quit()
+	var r *reply
+	if errors.As(err, &r) && r.Code >= 500 {
+		// Wrong credentials fail every message the same way: keep them
+		// queued (a temporary error) until the administrator fixes the
+		// config.
+		return fmt.Errorf("AUTH refused: %w", err)
+	}
+	return fmt.Errorf("AUTH: %w", err)
+}
+
+// transact sends the message in transactions of at most max_recipients
+// and ends the session. An error means nothing was delivered on this host.
+func (e *engine) transact(s *settings, c *client, ent *entry, body io.ReaderAt, h hop, idx []int, tlsState string) ([]result, error) {
+	if limit, err := strconv.ParseInt(c.ext["SIZE"], 10, 64); err == nil && limit > 0 && ent.size > limit {
+		c.quit()
+		return fill(len(idx), permErr(552, "5.3.4", "message size %d exceeds the limit of %s (%d)", ent.size, h.host, limit)), nil
+	}
+	out := make([]result, len(idx))
+	for start := 0; start < len(idx); start += s.maxRcpts {
+		batch := idx[start:min(start+s.maxRcpts, len(idx))]
+		rcpts := make([]string, len(batch))
+		for k, i := range batch {
+			rcpts[k] = ent.rec.Recipients[i].Address
+		}
+		tx, err := c.transaction(ent.rec.From, rcpts, ent.size, s.dataTimeout, func(w io.Writer) error {
+			_, err := io.Copy(w, io.NewSectionReader(body, ent.bodyOff, ent.size))
+			return err
+		})
+		if err != nil {
+			c.close()
+			if start == 0 && !tx.sent {
+				return nil, err // try the next host
+			}
+			r := tempErr("4.4.2", "%s: connection lost: %v", h.host, err)
+			r.mta = h.host
+			for k := start; k < len(idx); k++ {
+				out[k] = r
+			}
+			return out, nil
+		}
+		for k := range batch {
+			out[start+k] = txOutcome(tx, k, h.host, tlsState)
+		}
+	}
+	c.quit()
+	return out, nil
+}
+
+// txOutcome is recipient k's result in a transaction.
+func txOutcome(tx *txResult, k int, host, tlsState string) result {
+	switch {
+	case !tx.mail.ok():
+		return fromReply(tx.mail, host, tlsState)
+	case tx.rcpts[k] == nil:
+		return tempErr("4.4.2", "%s: no reply to RCPT", host)
+	case !tx.rcpts[k].ok():
+		r := fromReply(tx.rcpts[k], host, tlsState)
+		// 452 "too many recipients" after others were accepted: send
+		// the rest again right away (RFC 5321 4.5.3.1.10).
+		if tx.rcpts[k].Code == 452 && tx.final != nil && tx.final.ok() {
+			r.again = true
+		}
+		return r
+	case tx.data == nil:
+		return tempErr("4.4.2", "%s: DATA was not sent", host)
+	case tx.data.Code != 354:
+		return fromReply(tx.data, host, tlsState)
+	case tx.final == nil:
+		return tempErr("4.4.2", "%s: no reply after the message", host)
+	default:
+		return fromReply(tx.final, host, tlsState)
+	}
+}
+
+// internalPrefixes are address ranges that are not on the public
+// Internet beyond what netip's predicates cover.
+var internalPrefixes = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),     // "this network" (RFC 1122)
+	netip.MustParsePrefix("100.64.0.0/10"), // shared address space, CGNAT (RFC 6598)
+	netip.MustParsePrefix("192.0.0.0/24"),  // IETF protocol assignments (RFC 6890)
+	netip.MustParsePrefix("198.18.0.0/15"), // benchmarking (RFC 2544)
+	netip.MustParsePrefix("240.0.0.0/4"),   // reserved, and the broadcast address
+	netip.MustParsePrefix("fec0::/10"),     // deprecated site-local (RFC 3879)
+}
+
+// isInternal reports whether ip is an address the queue must not deliver
+// to unless allow_private_destinations is on: loopback, private (RFC
+// 1918, fc00::/7), link-local, multicast, unspecified, CGNAT or reserved.
+func isInternal(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	if ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsMulticast() ||
+		ip.IsUnspecified() || !ip.IsValid() {
+		return true
+	}
+	for _, p := range internalPrefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// splitInternal separates internal addresses from the others, keeping
+// their order.
+func splitInternal(ips []netip.Addr) (public, internal []netip.Addr) {
+	for _, ip := range ips {
+		if isInternal(ip) {
+			internal = append(internal, ip)
+		} else {
+			public = append(public, ip)
+		}
+	}
+	return public, internal
+}
