@@ -185,5 +185,3 @@ func metrics(t *testing.T, env *testenv.Env) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
-
-

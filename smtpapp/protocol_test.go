@@ -92,7 +92,7 @@ func TestRepliesSameOnEveryPort(t *testing.T) {
 				{"MAIL FROM:<" + sender(k) + "> BODY=BINARYMIME", 555, "5.5.4"},
 				{"MAIL FROM:<" + sender(k), 501, "5.5.2"},
 				{"MAIL FROM:<" + sender(k) + "> AUTH=<>", 250, "2.0.0"}, // RFC 4954 5: accepted, ignored
-				{"MAIL FROM:<" + sender(k) + ">", 503, "5.5.1"},          // nested
+				{"MAIL FROM:<" + sender(k) + ">", 503, "5.5.1"},         // nested
 				{"RCPT TO:<bob@example.test> NOTIFY=NEVER", 555, "5.5.4"},
 				{"RCPT TO:<>", 501, "5.5.2"},
 				{"STARTTLS now", 501, "5.5.4"},
@@ -502,4 +502,3 @@ func TestMappedPrefixes(t *testing.T) {
 	c.Expect("MAIL FROM:<app@example.org>", 250)
 	c.Expect("RCPT TO:<someone@example.org>", 250) // 127.0.0.1 is in ::ffff:127.0.0.0/104
 }
-
