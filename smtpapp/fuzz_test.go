@@ -397,7 +397,7 @@ func FuzzCheckLineEnds(f *testing.F) {
 			t.Fatalf("checkLineEnds(%q in chunks at %d, %d) = %v, want %v", b, i, j, got, want)
 		}
 		// And as readMessage sees them.
-		m, err := readMessage(bytes.NewReader(b), 1<<20, t.TempDir())
+		m, err := readMessage(bytes.NewReader(b), newMemoryBudget(1<<20), t.TempDir())
 		if want != (err == nil) || err != nil && !errors.Is(err, errBareLineEnd) {
 			t.Fatalf("readMessage(%q) = %v, want bare-line-end refusal %v", b, err, !want)
 		}
