@@ -302,8 +302,18 @@ func (c *Conn) finish() {
 
 func (c *Conn) String() string { return fmt.Sprintf("%s[%s]", c.ID, c.remote) }
 
-// normalizeDomain lower-cases a domain and drops a trailing dot.
-func normalizeDomain(d string) string { return strings.TrimSuffix(strings.ToLower(d), ".") }
+// normalizeDomain lower-cases a domain (ASCII only: strings.ToLower
+// would turn the Kelvin sign into a "k" and let a non-ASCII name pass as
+// a valid one) and drops a trailing dot.
+func normalizeDomain(d string) string {
+	b := []byte(strings.TrimSuffix(d, "."))
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
 
 // Pause waits d before the greeting (call it from a ConnectHook) and
 // reports whether the client sent anything meanwhile: an early talker,

@@ -136,7 +136,7 @@ func (m *Message) WriteTo(w io.Writer) (int64, error) {
 		return int64(n), err
 	}
 	var k int64
-	if m.file != nil || m.head != nil {
+	if m.file != nil || m.head != nil || m.skip > 0 {
 		k, err = io.Copy(w, m.Body())
 	} else {
 		var kk int
@@ -216,7 +216,10 @@ func (m *Message) removeHeaderFields(drop func(name, value []byte) bool) error {
 		head = append(head, buf[prev:d.from]...)
 		prev = d.to
 	}
-	m.head = append(head, buf[prev:pos]...)
+	// Never nil once fields were dropped: head then stands for the
+	// original header section (Body and WriteTo both rely on it).
+	m.head = append(make([]byte, 0, len(head)+pos-prev), head...)
+	m.head = append(m.head, buf[prev:pos]...)
 	m.skip = int64(pos)
 	return nil
 }
