@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/lmtp"
 )
 
 // A remote MX that never ends its EHLO reply: the attempt fails with a
@@ -182,5 +184,116 @@ func TestCaddyfileAllowPrivateDestinations(t *testing.T) {
 	src := "{\n\tsmtp {\n\t\toutbound queue {\n\t\t\tallow_private_destinations yes\n\t\t}\n\t\tserver mx {\n\t\t\tlisten :2525\n\t\t}\n\t}\n}"
 	if _, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), nil); err == nil || !strings.Contains(err.Error(), "argument") {
 		t.Errorf("allow_private_destinations yes: want an argument error, got %v", err)
+	}
+}
+
+// The way a stranger's mail really gets bounced: an LMTP server refuses
+// one local recipient of Internet mail for good (a full mailbox); the
+// bounce to the (possibly forged) sender quotes nothing of the message
+// but its Message-ID.
+func TestLMTPRefusalBounceToStranger(t *testing.T) {
+	h := newHarness(t)
+	sock := h.env.Path("lmtp.sock")
+	startRefusingLMTP(t, sock, "carol@example.test")
+	h.app["local_delivery"] = map[string]any{"target": "lmtp", "address": "unix/" + sock}
+	h.app["accounts"].(map[string]any)["accounts"] = []any{
+		map[string]any{"address": "alice@example.test", "password": aliceHash},
+		map[string]any{"address": "carol@example.test"},
+	}
+	h.load()
+	c, greet := testenv.DialFrom(t, "127.0.0.5", h.smtpAddr) // not in trusted_networks
+	if greet.Code != 220 {
+		t.Fatalf("greeting: %s", greet)
+	}
+	c.Expect("EHLO stranger.example.org", 250)
+	c.StartMessage("victim@example.org", "alice@example.test", "carol@example.test")
+	c.Send("Subject: Cheap pills\r\nX-Payload: visit spam.example\r\nMessage-ID: <lmtp-spam@example.org>\r\n\r\nBuy at http://spam.example now\r\n.\r\n")
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("end of data: %s", r)
+	}
+	mx := h.mx["127.0.0.2"] // example.org's MX gets the bounce to victim@example.org
+	if !mx.WaitMessages(1, 10*time.Second) {
+		t.Fatal("no bounce reached the sender's MX")
+	}
+	b := mx.Messages()[0]
+	if b.From != "" || len(b.To) != 1 || b.To[0] != "victim@example.org" {
+		t.Fatalf("bounce envelope: from %q to %v", b.From, b.To)
+	}
+	data := string(b.Data)
+	for _, want := range []string{"Final-Recipient: rfc822; carol@example.test", "Status: 5.2.2",
+		"552 mailbox full", "X-Original-Message-ID: <lmtp-spam@example.org>"} {
+		if !strings.Contains(data, want) {
+			t.Errorf("bounce lacks %q:\n%s", want, data)
+		}
+	}
+	for _, unwanted := range []string{"Cheap pills", "spam.example", "X-Payload", "text/rfc822-headers"} {
+		if strings.Contains(data, unwanted) {
+			t.Errorf("bounce to a stranger quotes %q:\n%s", unwanted, data)
+		}
+	}
+}
+
+// startRefusingLMTP serves LMTP on a unix socket: every recipient is
+// accepted at RCPT, and after the data full gets 552, the others 250.
+func startRefusingLMTP(t *testing.T, sock, full string) {
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serveLMTP(conn, full)
+		}
+	}()
+}
+
+func serveLMTP(conn net.Conn, full string) {
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	say := func(s string) { io.WriteString(conn, s+"\r\n") }
+	say("220 test LMTP")
+	var rcpts []string
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		cmd := strings.TrimSpace(line)
+		switch up := strings.ToUpper(cmd); {
+		case strings.HasPrefix(up, "LHLO"):
+			say("250-test\r\n250 PIPELINING")
+		case strings.HasPrefix(up, "RCPT TO:"):
+			rcpts = append(rcpts, strings.Trim(cmd[len("RCPT TO:"):], "<> "))
+			say("250 ok")
+		case up == "DATA":
+			say("354 go")
+			for {
+				l, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if l == ".\r\n" {
+					break
+				}
+			}
+			for _, rc := range rcpts {
+				if strings.EqualFold(rc, full) {
+					say("552 5.2.2 mailbox full")
+				} else {
+					say("250 2.0.0 stored")
+				}
+			}
+			rcpts = nil
+		case up == "QUIT":
+			say("221 bye")
+			return
+		default: // MAIL, RSET, NOOP
+			say("250 ok")
+		}
 	}
 }
