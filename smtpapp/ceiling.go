@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -23,6 +24,7 @@ type ceiling struct {
 	perNet    map[netip.Prefix]int
 	max       int
 	maxPerNet int
+	stress    atomic.Bool // over half full: idle clients get less time
 }
 
 func (c *ceiling) Destruct() error { return nil }
@@ -67,6 +69,7 @@ func (c *ceiling) admit(ip netip.Addr) *Error {
 	}
 	c.total++
 	c.perNet[n]++
+	c.stress.Store(c.total > c.max/2)
 	return nil
 }
 
@@ -79,7 +82,13 @@ func (c *ceiling) release(ip netip.Addr) {
 	if c.perNet[n]--; c.perNet[n] <= 0 {
 		delete(c.perNet, n)
 	}
+	c.stress.Store(c.total > c.max/2)
 }
+
+// stressTimeout is the read timeout while the server is over half full,
+// as Postfix's smtpd_timeout under stress: a flood of idle connections
+// then drains in seconds, not minutes.
+const stressTimeout = 10 * time.Second
 
 // refuseAtAccept answers a connection over a ceiling and closes it, in
 // the accept loop: a write to a fresh socket does not block, and the

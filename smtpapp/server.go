@@ -113,7 +113,10 @@ type Limits struct {
 	// closed with 421, as Postfix's smtpd_junk_command_limit. Default: 100.
 	MaxJunkCommands int `json:"max_junk_commands,omitempty"`
 	// MaxConnections is how many connections the server holds at once;
-	// one more gets 421 4.7.0 before any TLS. Default: 4000.
+	// one more gets 421 4.7.0 before any TLS. While more than half are
+	// taken, each read waits at most 10s (not read_timeout), so a flood
+	// of idle connections drains fast. Default: 10000 (about 20 KiB each
+	// when idle: the process needs that many open files).
 	MaxConnections int `json:"max_connections,omitempty"`
 	// MaxConnectionsPerIP is how many connections one client network
 	// (an IPv4 address, an IPv6 /64) may hold at once. Default: 20.
@@ -173,7 +176,7 @@ func (l *Limits) withDefaults() Limits {
 	def(&out.MaxMessages, 1000)
 	def(&out.MaxHops, 50)
 	def(&out.MaxJunkCommands, 100)
-	def(&out.MaxConnections, 4000)
+	def(&out.MaxConnections, 10000)
 	def(&out.MaxConnectionsPerIP, 20)
 	def(&out.MaxAuthFailuresPerIP, 10)
 	if out.AuthFailureWindow == 0 {

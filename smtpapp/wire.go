@@ -140,10 +140,15 @@ func (w *wire) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-// setReadDeadline arms the per-read timeout, within the session limit.
+// setReadDeadline arms the per-read timeout, within the session limit
+// (shorter while the server is under stress, see ceiling).
 func (w *wire) setReadDeadline() {
 	dl := w.deadline
-	if t := time.Now().Add(time.Duration(w.lim.ReadTimeout)); t.Before(dl) {
+	timeout := time.Duration(w.lim.ReadTimeout)
+	if w.srv.ceiling.stress.Load() {
+		timeout = min(timeout, stressTimeout)
+	}
+	if t := time.Now().Add(timeout); t.Before(dl) {
 		dl = t
 	}
 	w.raw.SetReadDeadline(dl)
