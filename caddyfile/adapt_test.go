@@ -85,3 +85,45 @@ func mustConfig(t *testing.T, raw []byte) *caddy.Config {
 	}
 	return &cfg
 }
+
+// TestCaddyfileCases: each testdata/*.txt holds a Caddyfile, a line
+// "----------", and the JSON its smtp global option adapts to (apps.smtp),
+// in the style of Caddy's caddytest/integration/caddyfile_adapt.
+func TestCaddyfileCases(t *testing.T) {
+	files, _ := filepath.Glob("testdata/*.txt")
+	if len(files) == 0 {
+		t.Fatal("no cases in testdata")
+	}
+	for _, path := range files {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			raw, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			caddyfileText, wantJSON, ok := strings.Cut(string(raw), "\n----------\n")
+			if !ok {
+				t.Fatalf("%s: no separator line", path)
+			}
+			out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfileText), map[string]any{"filename": path})
+			if err != nil {
+				t.Fatalf("adapting: %v", err)
+			}
+			var cfg struct {
+				Apps map[string]json.RawMessage `json:"apps"`
+			}
+			if err := json.Unmarshal(out, &cfg); err != nil {
+				t.Fatal(err)
+			}
+			var got, want bytes.Buffer
+			json.Indent(&got, cfg.Apps["smtp"], "", "\t")
+			if err := json.Compact(&want, []byte(wantJSON)); err != nil {
+				t.Fatalf("%s: expected JSON: %v", path, err)
+			}
+			var gotCompact bytes.Buffer
+			json.Compact(&gotCompact, got.Bytes())
+			if gotCompact.String() != want.String() {
+				t.Fatalf("%s adapts to:\n%s", path, got.String())
+			}
+		})
+	}
+}

@@ -102,6 +102,16 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			if !d.Args(&app.SpoolDir) {
 				return nil, d.ArgErr()
 			}
+		case "body_memory":
+			var v string
+			if !d.Args(&v) {
+				return nil, d.ArgErr()
+			}
+			n, err := humanize.ParseBytes(v)
+			if err != nil {
+				return nil, d.Errf("body_memory: %v", err)
+			}
+			app.BodyMemory = int64(n)
 		case "server":
 			var name string
 			if !d.Args(&name) {
@@ -140,6 +150,8 @@ func parseServer(d *caddyfile.Dispenser, warnings *[]caddyconfig.Warning) (*smtp
 			}
 		case "require_auth":
 			srv.RequireAuth = true
+		case "allow_local_senders":
+			srv.AllowLocalSenders = true
 		case "trusted_networks":
 			srv.TrustedNetworks = append(srv.TrustedNetworks, d.RemainingArgs()...)
 		case "tls":
@@ -236,13 +248,15 @@ func parseLimits(d *caddyfile.Dispenser) (*smtpapp.Limits, error) {
 				return nil, d.Errf("max_message_size: %v", err)
 			}
 			lim.MaxMessageSize = int64(n)
-		case "read_timeout", "write_timeout", "session_timeout":
+		case "read_timeout", "write_timeout", "session_timeout", "auth_failure_window", "tls_handshake_timeout":
 			dur, err := parseDuration(d)
 			if err != nil {
 				return nil, err
 			}
-			*map[string]*caddy.Duration{"read_timeout": &lim.ReadTimeout, "write_timeout": &lim.WriteTimeout, "session_timeout": &lim.SessionTimeout}[field] = dur
-		case "max_recipients", "max_line_length", "max_errors", "max_auth_failures", "max_messages", "max_hops":
+			*map[string]*caddy.Duration{"read_timeout": &lim.ReadTimeout, "write_timeout": &lim.WriteTimeout, "session_timeout": &lim.SessionTimeout,
+				"auth_failure_window": &lim.AuthFailureWindow, "tls_handshake_timeout": &lim.TLSHandshakeTimeout}[field] = dur
+		case "max_recipients", "max_line_length", "max_errors", "max_auth_failures", "max_messages", "max_hops",
+			"max_junk_commands", "max_connections", "max_connections_per_ip", "max_auth_failures_per_ip":
 			var v string
 			if !d.Args(&v) {
 				return nil, d.ArgErr()
@@ -253,7 +267,8 @@ func parseLimits(d *caddyfile.Dispenser) (*smtpapp.Limits, error) {
 			}
 			*map[string]*int{"max_recipients": &lim.MaxRecipients, "max_line_length": &lim.MaxLineLength,
 				"max_errors": &lim.MaxErrors, "max_auth_failures": &lim.MaxAuthFailures, "max_messages": &lim.MaxMessages,
-				"max_hops": &lim.MaxHops}[field] = n
+				"max_hops": &lim.MaxHops, "max_junk_commands": &lim.MaxJunkCommands, "max_connections": &lim.MaxConnections,
+				"max_connections_per_ip": &lim.MaxConnectionsPerIP, "max_auth_failures_per_ip": &lim.MaxAuthFailuresPerIP}[field] = n
 		default:
 			return nil, d.Errf("unrecognized limits option %q", field)
 		}

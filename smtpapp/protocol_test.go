@@ -177,7 +177,7 @@ func TestNothingPartialStored(t *testing.T) {
 		for _, body := range []string{
 			"BDAT 100 LAST\r\nSubject: cut\r\n\r\nonly part",   // last chunk short
 			"BDAT 10\r\nSubject: \r\nBDAT 100 LAST\r\ncut\r\n", // second chunk short
-			"DATA\r\nSubject: cut\r\n\r\nno end\r\n",          // no terminator
+			"DATA\r\nSubject: cut\r\n\r\nno end\r\n",           // no terminator
 		} {
 			for _, how := range []string{"close", "timeout"} {
 				c := k.dial(t, s)

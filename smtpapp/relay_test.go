@@ -33,8 +33,8 @@ func startRelay(t *testing.T) *relaySetup {
 		app["outbound"] = map[string]any{
 			"target": "queue", "path": r.queue, "remote_port": port,
 			"allow_private_destinations": true, // the test MX is on loopback
-			"dkim":  map[string]any{"disable": true},
-			"retry": map[string]any{"initial": "100ms", "max": "200ms"},
+			"dkim":                       map[string]any{"disable": true},
+			"retry":                      map[string]any{"initial": "100ms", "max": "200ms"},
 		}
 		app["servers"].(map[string]any)["relay"] = map[string]any{
 			"listen": []string{r.trusted}, "hostname": "mail.example.test",
