@@ -185,3 +185,31 @@ func metrics(t *testing.T, env *testenv.Env) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// TestLargeMessageSpooled: a message over the in-memory limit goes through
+// the spool folder (created by the app) and is stored whole.
+func TestLargeMessageSpooled(t *testing.T) {
+	env, addr := startMX(t, func(app, srv map[string]any) {
+		srv["limits"] = map[string]any{"max_message_size": 4 << 20}
+	})
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.StartMessage("sender@example.org", "alice@example.test")
+	line := strings.Repeat("y", 998) + "\r\n"
+	body := "Subject: big\r\n\r\n" + strings.Repeat(line, 2<<20/len(line))
+	c.Send(body + ".\r\n")
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("2 MiB message: %s", r)
+	}
+	files := aliceMail(t, env)
+	if len(files) != 1 {
+		t.Fatalf("want 1 message, got %d", len(files))
+	}
+	got, _ := os.ReadFile(files[0])
+	if !strings.HasSuffix(string(got), body) {
+		t.Fatal("large message not stored whole")
+	}
+	if left, _ := os.ReadDir(env.Path("spool")); len(left) != 0 {
+		t.Fatalf("spool files left behind: %v", left)
+	}
+}

@@ -250,3 +250,17 @@ func TestStartTLSInjection(t *testing.T) {
 		t.Fatalf("injected MAIL was executed: RCPT got %s", r)
 	}
 }
+
+// TestAuthDuringTransaction: AUTH after MAIL is refused, so a sender
+// given unauthenticated cannot be relayed with a later login.
+func TestAuthDuringTransaction(t *testing.T) {
+	s := startSubmission(t)
+	c := s.login(t, s.mx) // the MX offers AUTH after STARTTLS
+	c.Expect("MAIL FROM:<ceo@bank.example>", 250)
+	if r := c.Cmd("AUTH PLAIN " + plain("", "alice@example.test", "demo-alice")); r.Code != 503 {
+		t.Fatalf("AUTH in a transaction: want 503, got %s", r)
+	}
+	if r := c.Cmd("RCPT TO:<someone@example.org>"); r.Code != 554 {
+		t.Fatalf("relay after refused AUTH: %s", r)
+	}
+}
