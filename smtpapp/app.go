@@ -95,6 +95,36 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := appMetrics.register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
+	if err := a.provisionDomains(); err != nil {
+		return err
+	}
+	var err error
+	if a.resolver, err = a.Resolver.build(); err != nil {
+		return fmt.Errorf("resolver: %v", err)
+	}
+	if err := a.provisionModules(ctx); err != nil {
+		return err
+	}
+	if err := a.provisionMessages(); err != nil {
+		return err
+	}
+	if len(a.Servers) == 0 {
+		return fmt.Errorf("servers: at least one server is required")
+	}
+	for name, srv := range a.Servers {
+		if err := srv.provision(ctx, a, name); err != nil {
+			return fmt.Errorf("servers.%s: %v", name, err)
+		}
+	}
+	// One table for the app: a client's failures count on every port.
+	if a.authFailures, err = loadAuthFailures("auth"); err != nil {
+		return fmt.Errorf("auth failures: %v", err)
+	}
+	return nil
+}
+
+// provisionDomains checks the local domains and the postmaster.
+func (a *App) provisionDomains() error {
 	a.localDomains = make(map[string]bool)
 	for i, d := range a.LocalDomains {
 		d = normalizeDomain(d)
@@ -109,10 +139,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("postmaster: %q is not an address on a local domain", a.Postmaster)
 		}
 	}
-	var err error
-	if a.resolver, err = a.Resolver.build(); err != nil {
-		return fmt.Errorf("resolver: %v", err)
-	}
+	return nil
+}
+
+// provisionModules loads the accounts provider and the delivery targets
+// (Maildir under Caddy's data directory by default), and the router
+// between them.
+func (a *App) provisionModules(ctx caddy.Context) error {
 	if a.AccountsRaw != nil {
 		mod, err := ctx.LoadModule(a, "AccountsRaw")
 		if err != nil {
@@ -136,6 +169,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 		a.outbound = mod.(DeliveryTarget)
 	}
+	a.router = &router{local: a.localDelivery, outbound: a.outbound}
+	return nil
+}
+
+// provisionMessages sets up where message bodies are held while they are
+// received and checked: the memory budget, then the spool folder.
+func (a *App) provisionMessages() error {
 	if a.SpoolDir == "" {
 		a.SpoolDir = filepath.Join(caddy.AppDataDir(), "smtp", "spool")
 	}
@@ -152,19 +192,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.BodyMemory = 64 << 20
 	}
 	a.bodyMemory = newMemoryBudget(a.BodyMemory)
-	a.router = &router{local: a.localDelivery, outbound: a.outbound}
-	if len(a.Servers) == 0 {
-		return fmt.Errorf("servers: at least one server is required")
-	}
-	for name, srv := range a.Servers {
-		if err := srv.provision(ctx, a, name); err != nil {
-			return fmt.Errorf("servers.%s: %v", name, err)
-		}
-	}
-	// One table for the app: a client's failures count on every port.
-	if a.authFailures, err = loadAuthFailures("auth"); err != nil {
-		return fmt.Errorf("auth failures: %v", err)
-	}
 	return nil
 }
 

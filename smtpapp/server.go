@@ -200,6 +200,32 @@ func (l *Limits) withDefaults() Limits {
 func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 	s.name, s.app, s.metrics = name, app, appMetrics
 	s.logger = ctx.Logger().With(zap.String("server", name))
+	if err := s.provisionAddresses(); err != nil {
+		return err
+	}
+	if err := s.checkSettings(); err != nil {
+		return err
+	}
+	if err := s.provisionHandlers(ctx); err != nil {
+		return err
+	}
+	var err error
+	if s.ceiling, err = loadCeiling(name, s.limits.MaxConnections, s.limits.MaxConnectionsPerIP); err != nil {
+		return fmt.Errorf("limits: %v", err)
+	}
+	if err := s.provisionTLS(ctx); err != nil {
+		return err
+	}
+	if s.ImplicitTLS && s.tlsConfig == nil {
+		return fmt.Errorf("implicit_tls: needs TLS, but it is disabled")
+	}
+	s.smtp = s.newGoSMTP()
+	return nil
+}
+
+// provisionAddresses parses the listen addresses, the hostname and the
+// trusted networks.
+func (s *Server) provisionAddresses() error {
 	if len(s.Listen) == 0 {
 		return fmt.Errorf("listen: at least one address is required")
 	}
@@ -223,18 +249,24 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 	if !ValidHostname(s.Hostname) {
 		return fmt.Errorf("hostname: %q is not a valid host name", s.Hostname)
 	}
-	for i, n := range s.TrustedNetworks {
-		p, err := parsePrefix(n)
-		if err != nil {
-			return fmt.Errorf("trusted_networks[%d]: %v", i, err)
+	var err error
+	s.trusted, err = ParsePrefixes("trusted_networks", s.TrustedNetworks)
+	return err
+}
+
+// checkSettings refuses limits, spam thresholds and TLS settings that
+// cannot work, naming the field; then resolves the defaults once.
+func (s *Server) checkSettings() error {
+	if l := s.Limits; l != nil {
+		for _, v := range []int64{l.MaxMessageSize, int64(l.MaxRecipients), int64(l.MaxLineLength), int64(l.MaxErrors),
+			int64(l.MaxJunkCommands), int64(l.MaxConnections), int64(l.MaxConnectionsPerIP), int64(l.MaxAuthFailuresPerIP)} {
+			if v < 0 {
+				return fmt.Errorf("limits: values must not be negative")
+			}
 		}
-		s.trusted = append(s.trusted, p)
-	}
-	if s.Limits != nil && (s.Limits.MaxMessageSize < 0 || s.Limits.MaxRecipients < 0 || s.Limits.MaxLineLength < 0) {
-		return fmt.Errorf("limits: values must not be negative")
-	}
-	if s.Limits != nil && s.Limits.MaxLineLength != 0 && s.Limits.MaxLineLength < 512 {
-		return fmt.Errorf("limits.max_line_length: must be at least 512 (RFC 5321 command line)")
+		if l.MaxLineLength != 0 && l.MaxLineLength < 512 {
+			return fmt.Errorf("limits.max_line_length: must be at least 512 (RFC 5321 command line)")
+		}
 	}
 	if s.Spam != nil && s.Spam.TagScore != nil && s.Spam.RejectScore != nil && *s.Spam.RejectScore < *s.Spam.TagScore {
 		return fmt.Errorf("spam.reject_score: must not be below tag_score")
@@ -242,7 +274,13 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 	if s.TLS != nil && s.TLS.Issuer != "" && s.TLS.Issuer != "internal" {
 		return fmt.Errorf("tls.issuer: %q is not supported (use \"internal\" or leave empty)", s.TLS.Issuer)
 	}
+	s.limits = s.Limits.withDefaults()
+	s.tagScore, s.rejectScore = s.Spam.thresholds()
+	return nil
+}
 
+// provisionHandlers loads the handler modules and compiles their hooks.
+func (s *Server) provisionHandlers(ctx caddy.Context) error {
 	mods, err := ctx.LoadModule(s, "HandlersRaw")
 	if err != nil {
 		return fmt.Errorf("handlers: %v", err)
@@ -253,32 +291,25 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 		ids[i] = string(m.(caddy.Module).CaddyModule().ID)
 	}
 	s.hooks = compileHooks(handlers, ids)
-	s.limits = s.Limits.withDefaults()
-	s.tagScore, s.rejectScore = s.Spam.thresholds()
 	s.spamPolicyOn = s.Spam != nil || len(handlers) > 0
-	if s.ceiling, err = loadCeiling(name, s.limits.MaxConnections, s.limits.MaxConnectionsPerIP); err != nil {
-		return fmt.Errorf("limits: %v", err)
-	}
+	return nil
+}
 
-	if err := s.provisionTLS(ctx); err != nil {
-		return err
-	}
-	if s.ImplicitTLS && s.tlsConfig == nil {
-		return fmt.Errorf("implicit_tls: needs TLS, but it is disabled")
-	}
-	s.smtp = smtp.NewServer(backend{s})
-	s.smtp.Domain = s.Hostname
-	s.smtp.MaxMessageBytes = s.limits.MaxMessageSize
-	s.smtp.MaxRecipients = s.limits.MaxRecipients
+// newGoSMTP sets up go-smtp beneath the session and above the wire.
+func (s *Server) newGoSMTP() *smtp.Server {
+	gs := smtp.NewServer(backend{s})
+	gs.Domain = s.Hostname
+	gs.MaxMessageBytes = s.limits.MaxMessageSize
+	gs.MaxRecipients = s.limits.MaxRecipients
 	// The wire enforces the line limit, the timeouts and TLS (STARTTLS
 	// included) beneath go-smtp, which sees a plaintext stream: so AUTH
 	// is "insecure" to it, and the session offers AUTH only under TLS.
-	s.smtp.MaxLineLength = 0
-	s.smtp.ReadTimeout = 0
-	s.smtp.WriteTimeout = 0
-	s.smtp.AllowInsecureAuth = true
-	s.smtp.ErrorLog = zapPrintf{s.logger}
-	return nil
+	gs.MaxLineLength = 0
+	gs.ReadTimeout = 0
+	gs.WriteTimeout = 0
+	gs.AllowInsecureAuth = true
+	gs.ErrorLog = zapPrintf{s.logger}
+	return gs
 }
 
 // provisionTLS builds the TLS config from the tls app; certificates are
