@@ -30,6 +30,7 @@ for _ in $(seq 1 100); do
 	(exec 3<>/dev/tcp/127.0.0.1/2525) 2>/dev/null && break
 	sleep 0.1
 done
+sleep 0.5 # the probe's connection is gone (max_connections_per_ip is 20)
 mkdir -p data/maildir/example.test/alice/new
 before=$(ls data/maildir/example.test/alice/new | wc -l)
 

@@ -48,7 +48,8 @@ type Conn struct {
 	authFails    int
 	spf          *SPFResult // the transaction's SPF result (spf handler)
 
-	closeOnce sync.Once
+	closeOnce   sync.Once
+	releaseOnce sync.Once
 }
 
 // ScoreReason is one contribution to a spam score.
@@ -294,10 +295,17 @@ func (c *Conn) finish() {
 		for _, h := range c.server.hooks.closes {
 			h.Close(c)
 		}
-		c.server.ceiling.release(c.remote.Addr())
+		c.releaseSlot()
 		c.server.metrics.connections.WithLabelValues(c.server.name).Dec()
 		c.logger.Debug("connection closed", zap.Duration("duration", time.Since(c.start)))
 	})
+}
+
+// releaseSlot frees the connection's place under the ceilings: when the
+// reply that ends the session is written (a client that reconnects at
+// once must not find its own old connection in the way), or at the end.
+func (c *Conn) releaseSlot() {
+	c.releaseOnce.Do(func() { c.server.ceiling.release(c.remote.Addr()) })
 }
 
 func (c *Conn) String() string { return fmt.Sprintf("%s[%s]", c.ID, c.remote) }

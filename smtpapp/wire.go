@@ -479,6 +479,7 @@ func (w *wire) finalReply(line []byte, code int, counted bool) error {
 	w.follow(code)
 	if code == 421 || code == 221 {
 		w.closeAfterReply()
+		w.conn.releaseSlot()
 	}
 	return w.send(line)
 }
