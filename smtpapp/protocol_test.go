@@ -158,6 +158,11 @@ func TestAuthReplies(t *testing.T) {
 			if r := c.Cmd("@@@"); r.Code != 501 {
 				t.Errorf("bad base64 in a SASL response: %s", r)
 			}
+			c.Expect("AUTH LOGIN", 334)
+			if r := c.Cmd("YWxp\x00Y2U="); r.Code != 501 || strings.Contains(r.Text(), "\x00") {
+				t.Errorf("control character in a SASL response: %s", r)
+			}
+			c.Expect("NOOP", 250) // the exchange is over, commands are commands again
 			c.Expect("AUTH PLAIN "+plain("", "alice@example.test", "demo-alice"), 235)
 		})
 	}

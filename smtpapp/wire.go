@@ -182,12 +182,16 @@ func (w *wire) nextCommand() error {
 		return err
 	}
 	text := line[:len(line)-2]
-	if hasControl(text) {
-		return w.refuse("control_character", "control character in command", replyControlChars)
-	}
 	if w.authReply { // a SASL response, not a command
 		w.authReply = false
+		if hasControl(text) { // no valid response: go-smtp ends the exchange
+			w.conn.Emit(Event{Kind: EventProtocolError, Detail: "control character in a SASL response"})
+			line = []byte("*\r\n")
+		}
 		return w.forward(line, "AUTH")
+	}
+	if hasControl(text) {
+		return w.refuse("control_character", "control character in command", replyControlChars)
 	}
 	verb, arg := splitCommand(text)
 	if isHTTPVerb(verb) {
@@ -244,8 +248,9 @@ func (w *wire) greeting(line []byte, verb, arg string) error {
 		}
 	}
 	c := w.conn
-	c.setHelo(arg)
-	if err := w.srv.hooks.runHelo(c, arg); err != nil {
+	name, _, _ := cutSpace(arg) // go-smtp too takes the first word
+	c.setHelo(name)
+	if err := w.srv.hooks.runHelo(c, name); err != nil {
 		return w.sessionRefused(err)
 	}
 	w.ehloLines = 0
@@ -255,6 +260,7 @@ func (w *wire) greeting(line []byte, verb, arg string) error {
 // sessionRefused writes a refusal that a hook made (already logged,
 // counted and reported by Conn.refuse).
 func (w *wire) sessionRefused(err error) error {
+	w.sessionReply.Store(replyNone) // written here, not by go-smtp
 	e := replyOf(err)
 	return w.finalReply([]byte(formatReply(e)), e.Code, true)
 }
