@@ -3,6 +3,7 @@ package smtpapp
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/emersion/go-smtp"
@@ -13,8 +14,13 @@ import (
 // connection after the reply is sent.
 type Error = smtp.SMTPError
 
-// Errorf builds an *Error with an enhanced status code (RFC 3463).
-func Errorf(code int, enhanced [3]int, msg string) *Error {
+// Errorf builds an *Error with an enhanced status code (RFC 3463); the
+// text is formatted as with fmt.Sprintf.
+func Errorf(code int, enhanced [3]int, format string, args ...any) *Error {
+	msg := format
+	if len(args) > 0 {
+		msg = fmt.Sprintf(format, args...)
+	}
 	return &Error{Code: code, EnhancedCode: smtp.EnhancedCode(enhanced), Message: msg}
 }
 
@@ -27,7 +33,7 @@ type Refusal struct {
 
 // Refuse builds a *Refusal.
 func Refuse(code int, enhanced [3]int, label, msg string) *Refusal {
-	return &Refusal{Reply: Errorf(code, enhanced, msg), Label: label}
+	return &Refusal{Reply: Errorf(code, enhanced, "%s", msg), Label: label}
 }
 
 func (r *Refusal) Error() string { return r.Reply.Error() }

@@ -200,7 +200,7 @@ func (m *DMARC) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message)
 		if strings.HasPrefix(o.name, "dkim_") {
 			module = "dkim"
 		}
-		err := out.Apply(c, module, o.reason, smtpapp.Errorf(550, [3]int{5, 7, 26}, m.refusalText(rep, o.name)),
+		err := out.Apply(c, module, o.reason, smtpapp.Errorf(550, [3]int{5, 7, 26}, "%s", m.refusalText(rep, o.name)),
 			smtpapp.Errorf(451, [3]int{4, 7, 26}, "Temporary failure checking the message's authentication; try again later"))
 		switch {
 		case err != nil && refusal == nil: // the first refusal counts

@@ -319,13 +319,13 @@ func (h *HELO) heloChecks(c *smtpapp.Conn, st *connState) []failure {
 	count("helo_syntax", !valid)
 	if !valid {
 		fails = append(fails, failure{"invalid_syntax", fmt.Sprintf("HELO %q is not a host name or address literal", clean(name)),
-			smtpapp.Errorf(550, [3]int{5, 7, 1}, fmt.Sprintf("Client HELO %s is not a valid host name", clean(name)))})
+			smtpapp.Errorf(550, [3]int{5, 7, 1}, "Client HELO %s is not a valid host name", clean(name))})
 	} else if !isLiteral {
 		single := !strings.Contains(lname, ".")
 		count("helo_fqdn", single)
 		if single {
 			fails = append(fails, failure{"not_fqdn", fmt.Sprintf("HELO %q is not fully qualified", clean(name)),
-				smtpapp.Errorf(550, [3]int{5, 7, 1}, fmt.Sprintf("Client HELO %s is not a fully qualified host name", clean(name)))})
+				smtpapp.Errorf(550, [3]int{5, 7, 1}, "Client HELO %s is not a fully qualified host name", clean(name))})
 		}
 	}
 	// Forged: the client claims our name or address, and is not us.
@@ -344,7 +344,7 @@ func (h *HELO) heloChecks(c *smtpapp.Conn, st *connState) []failure {
 		count("helo_forged", forged)
 		if forged {
 			fails = append(fails, failure{"forged", fmt.Sprintf("HELO %q claims to be this server", clean(name)),
-				smtpapp.Errorf(550, [3]int{5, 7, 1}, fmt.Sprintf("Client HELO %s claims to be this server; you are not", clean(name)))})
+				smtpapp.Errorf(550, [3]int{5, 7, 1}, "Client HELO %s claims to be this server; you are not", clean(name))})
 		}
 	}
 	st.heloName, st.heloRes, st.heloDone = name, fails, true
@@ -382,10 +382,10 @@ func (h *HELO) rdnsFailures(c *smtpapp.Conn, st *connState) []failure {
 	switch r.result {
 	case "none":
 		return []failure{{"no_rdns", fmt.Sprintf("client %s has no reverse DNS", ip),
-			smtpapp.Errorf(550, [3]int{5, 7, 25}, fmt.Sprintf("Client address [%s] has no reverse DNS", ip))}}
+			smtpapp.Errorf(550, [3]int{5, 7, 25}, "Client address [%s] has no reverse DNS", ip)}}
 	case "fail":
 		return []failure{{"rdns_mismatch", fmt.Sprintf("reverse DNS of %s (%s) does not resolve back to it", ip, strings.Join(r.names, ",")),
-			smtpapp.Errorf(550, [3]int{5, 7, 25}, fmt.Sprintf("Reverse DNS of client address [%s] does not resolve back to it", ip))}}
+			smtpapp.Errorf(550, [3]int{5, 7, 25}, "Reverse DNS of client address [%s] does not resolve back to it", ip)}}
 	}
 	return nil
 }
@@ -404,10 +404,10 @@ func (h *HELO) senderDomain(ctx context.Context, c *smtpapp.Conn, st *connState,
 	switch r.result {
 	case "fail":
 		return []failure{{"unknown_sender_domain", fmt.Sprintf("sender domain %s has no MX or address record", domain),
-			smtpapp.Errorf(550, [3]int{5, 1, 8}, fmt.Sprintf("Sender address rejected: domain %s has no MX or address record", domain))}}
+			smtpapp.Errorf(550, [3]int{5, 1, 8}, "Sender address rejected: domain %s has no MX or address record", domain)}}
 	case "nullmx":
 		return []failure{{"unknown_sender_domain", fmt.Sprintf("sender domain %s has a null MX", domain),
-			smtpapp.Errorf(550, [3]int{5, 7, 27}, fmt.Sprintf("Sender address rejected: domain %s does not accept mail (null MX)", domain))}}
+			smtpapp.Errorf(550, [3]int{5, 7, 27}, "Sender address rejected: domain %s does not accept mail (null MX)", domain)}}
 	case "temperror":
 		c.Logger().Debug("sender domain check failed", zap.String("domain", domain), zap.Error(r.err))
 	}

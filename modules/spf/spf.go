@@ -153,8 +153,8 @@ func (s *SPF) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
 	c.Logger().Info("SPF", fields...)
 	metricResults.WithLabelValues(string(ck.result), o.Action).Inc()
 	return o.Apply(c, "spf", fmt.Sprintf("SPF %s for %s %s", ck.result, ck.identity, ck.domain),
-		smtpapp.Errorf(550, [3]int{5, 7, 23}, fmt.Sprintf("SPF %s: %s", ck.result, ck.explain())),
-		smtpapp.Errorf(451, [3]int{4, 7, 24}, fmt.Sprintf("SPF %s: %s; try again later", ck.result, ck.explain())))
+		smtpapp.Errorf(550, [3]int{5, 7, 23}, "SPF %s: %s", ck.result, ck.explain()),
+		smtpapp.Errorf(451, [3]int{4, 7, 24}, "SPF %s: %s; try again later", ck.result, ck.explain()))
 }
 
 // checkOnce checks the sender, or reuses the session's check of the same
