@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/ban"
 )
 
 // The limits that hold with no handler configured (issue: survive the
@@ -213,3 +214,25 @@ func TestLargeMessageSpooled(t *testing.T) {
 		t.Fatalf("spool files left behind: %v", left)
 	}
 }
+
+// TestConnectHooksBeforeTLS: on the implicit-TLS port a banned client is
+// refused before any handshake: it costs the server no TLS work.
+func TestConnectHooksBeforeTLS(t *testing.T) {
+	s := startSubmission(t, func(app map[string]any) {
+		app["servers"].(map[string]any)["submissions"].(map[string]any)["handlers"] = []any{
+			map[string]any{"handler": "ban", "block": []string{"127.0.0.1/32"}},
+		}
+	})
+	c := testenv.DialNoGreeting(t, s.subs)
+	c.Conn.Write([]byte("\x16\x03\x01\x00\x05hello")) // the start of a ClientHello
+	c.Conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(c.R)
+	if len(b) != 0 || err != nil && !isReset(err) {
+		t.Fatalf("banned client got %q (%v): want the connection closed with no handshake", b, err)
+	}
+	if _, err := tls.Dial("tcp", s.subs, s.tlsConfig); err == nil {
+		t.Fatal("TLS handshake completed for a banned client")
+	}
+}
+
+func isReset(err error) bool { return strings.Contains(err.Error(), "reset") }
