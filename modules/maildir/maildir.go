@@ -143,7 +143,7 @@ func (m *Maildir) Stage(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp
 			}
 		}
 		for _, sf := range staged {
-			if err := syncDir(filepath.Dir(sf.dst)); err != nil {
+			if err := syncFolder(filepath.Dir(sf.dst)); err != nil {
 				return err
 			}
 		}
@@ -171,8 +171,14 @@ func (sf *stagedFile) commit() error {
 		err = os.Rename(sf.tmp, sf.dst)
 		sf.tmp = ""
 	}
+	if linkHook != nil && err == nil {
+		linkHook(sf.dst)
+	}
 	return err
 }
+
+// linkHook, in tests only, sees each message become visible in new/.
+var linkHook func(path string)
 
 func (sf *stagedFile) abort() {
 	if sf.f != nil {
@@ -273,15 +279,6 @@ func (m *Maildir) ensureMaildir(dir string) error {
 		}
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // UnmarshalCaddyfile sets up the module from Caddyfile tokens:
