@@ -233,4 +233,3 @@ func Strings(recs []*dns.TLSA) []string {
 	}
 	return out
 }
-

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"mime"
 	"net"
 	"net/http"
@@ -66,9 +65,10 @@ type Cache struct {
 	// Now is the clock (tests). Default: time.Now.
 	Now func() time.Time
 
-	mu    sync.Mutex
-	mem   map[string]*Entry
-	fetch singleflight.Group
+	mu     sync.Mutex
+	mem    map[string]*Entry
+	absent map[string]time.Time // domains without a TXT record, when last looked up
+	fetch  singleflight.Group
 }
 
 // StorageKey is where a domain's policy is kept.
@@ -103,6 +103,9 @@ func (c *Cache) Get(ctx context.Context, domain string) Result {
 		c.maybeRefresh(ent, now)
 		return Result{Policy: ent.Policy, ID: ent.ID, Cached: true}
 	}
+	if !valid && c.recentlyAbsent(domain, now) {
+		return Result{}
+	}
 	txts, err := c.LookupTXT(ctx, "_mta-sts."+domain)
 	if err != nil {
 		if valid {
@@ -118,6 +121,12 @@ func (c *Cache) Get(ctx context.Context, domain string) Result {
 			return Result{Policy: ent.Policy, ID: ent.ID, Cached: true}
 		}
 		if errors.Is(perr, ErrNoRecord) {
+			c.mu.Lock()
+			if c.absent == nil {
+				c.absent = map[string]time.Time{}
+			}
+			c.absent[domain] = now
+			c.mu.Unlock()
 			return Result{}
 		}
 		return Result{Err: perr, Failure: "sts-policy-invalid"}
@@ -137,6 +146,19 @@ func (c *Cache) Get(ctx context.Context, domain string) Result {
 		return Result{Err: ferr, Failure: failure}
 	}
 	return Result{Policy: fresh.Policy, ID: fresh.ID}
+}
+
+// recentlyAbsent reports whether domain had no TXT record at the last
+// lookup, less than TXTCheck ago.
+func (c *Cache) recentlyAbsent(domain string, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.absent[domain]
+	if ok && now.Sub(at) >= c.txtCheck() {
+		delete(c.absent, domain)
+		ok = false
+	}
+	return ok
 }
 
 func (c *Cache) txtCheck() time.Duration {
@@ -236,6 +258,7 @@ func (c *Cache) refetch(ctx context.Context, domain, id string) (*Entry, error) 
 func (c *Cache) Forget(domain string) {
 	c.mu.Lock()
 	delete(c.mem, domain)
+	delete(c.absent, domain)
 	c.mu.Unlock()
 }
 
@@ -316,6 +339,3 @@ func NewHTTPClient(dial func(ctx context.Context, network, addr string) (net.Con
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 }
-
-// ErrNotExist reports whether err is storage's "no such key".
-func ErrNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
