@@ -124,7 +124,8 @@ type engine struct {
 	cancel   context.CancelFunc
 
 	// rpt counts TLS sessions for the TLS reports (kept across reloads).
-	rpt *tlsrpt.Counter
+	rpt        *tlsrpt.Counter
+	reportDone chan struct{}
 }
 
 var errClosed = errors.New("the outbound queue is shutting down")
@@ -144,6 +145,8 @@ func openEngine(path string, s *settings) (*engine, error) {
 		wake:      make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 		loopDone:  make(chan struct{}),
+
+		reportDone: make(chan struct{}),
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.rpt = &tlsrpt.Counter{Storage: s.storage, Key: "smtp/tlsrpt/" + s.hostname + "/counts.json"}
@@ -323,6 +326,7 @@ func (e *engine) Destruct() error {
 	close(e.stop)
 	if started {
 		<-e.loopDone
+		<-e.reportDone
 	}
 	e.saveCounts()
 	done := make(chan struct{})

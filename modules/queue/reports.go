@@ -18,6 +18,7 @@ import (
 // reportLoop sends the TLS reports every interval and saves the counts
 // to storage every countsSaveInterval, until the engine stops.
 func (e *engine) reportLoop() {
+	defer close(e.reportDone)
 	last := time.Now()
 	for {
 		wait := countsSaveInterval
@@ -26,8 +27,7 @@ func (e *engine) reportLoop() {
 		}
 		select {
 		case <-e.stop:
-			e.saveCounts()
-			return
+			return // Destruct saves the counts
 		case <-time.After(wait):
 			e.saveCounts()
 			s := e.settings()
