@@ -44,7 +44,7 @@ type tlsWorld struct {
 
 var goodNames = []string{"mx.policy.example", "mx.testing.example", "a.report.example", "mx.reports.example"}
 
-func newTLSWorld(t *testing.T) *tlsWorld {
+func newTLSWorld(t testing.TB) *tlsWorld {
 	h := newHarness(t, "127.0.0.2")
 	w := &tlsWorld{harness: h, ca: testenv.NewTLSCA(t), policies: map[string]string{}}
 	goodTLS := w.ca.Issue(goodNames...)
@@ -135,7 +135,7 @@ func received(mx *testenv.MX, rcpt string) (testenv.MXMessage, bool) {
 	return testenv.MXMessage{}, false
 }
 
-func waitReceived(t *testing.T, mx *testenv.MX, rcpt string) testenv.MXMessage {
+func waitReceived(t testing.TB, mx *testenv.MX, rcpt string) testenv.MXMessage {
 	t.Helper()
 	var m testenv.MXMessage
 	if !testenv.WaitFor(10*time.Second, func() bool { var ok bool; m, ok = received(mx, rcpt); return ok }) {
