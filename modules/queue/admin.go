@@ -23,6 +23,8 @@ func init() {
 //	POST   /smtp/queue/<id>/flush   retry one entry now
 //	DELETE /smtp/queue/<id>         delete an entry (no bounce is sent)
 //	GET    /smtp/dkim               the DKIM DNS records to publish
+//	GET    /smtp/tls-reports        the TLS report counts of the current period
+//	POST   /smtp/tls-reports/send   end the period and send the TLS reports now
 type AdminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -36,6 +38,8 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/smtp/queue", Handler: caddy.AdminHandlerFunc(a.handleQueue)},
 		{Pattern: "/smtp/queue/", Handler: caddy.AdminHandlerFunc(a.handleQueue)},
 		{Pattern: "/smtp/dkim", Handler: caddy.AdminHandlerFunc(a.handleDKIM)},
+		{Pattern: "/smtp/tls-reports", Handler: caddy.AdminHandlerFunc(a.handleTLSReports)},
+		{Pattern: "/smtp/tls-reports/", Handler: caddy.AdminHandlerFunc(a.handleTLSReports)},
 	}
 }
 
@@ -139,6 +143,27 @@ func (a *AdminAPI) handleDKIM(w http.ResponseWriter, r *http.Request) error {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return writeJSON(w, out)
+}
+
+func (a *AdminAPI) handleTLSReports(w http.ResponseWriter, r *http.Request) error {
+	rest := strings.Trim(strings.TrimPrefix(r.URL.Path, "/smtp/tls-reports"), "/")
+	switch {
+	case rest == "" && r.Method == http.MethodGet:
+		out := map[string]any{}
+		for _, e := range allEngines() {
+			out[e.sp.root] = e.TLSReportCounts()
+		}
+		return writeJSON(w, out)
+	case rest == "send" && r.Method == http.MethodPost:
+		out := []ReportResult{}
+		for _, e := range allEngines() {
+			out = append(out, e.SendTLSReports(r.Context())...)
+		}
+		return writeJSON(w, out)
+	case rest == "" || rest == "send":
+		return apiErr(http.StatusMethodNotAllowed, "method %s not allowed", r.Method)
+	}
+	return apiErr(http.StatusNotFound, "no such endpoint")
 }
 
 func writeJSON(w http.ResponseWriter, v any) error {

@@ -46,6 +46,28 @@ import (
 //			data <duration>
 //		}
 //		allow_private_destinations
+//		mta_sts [off] {
+//			port <port>
+//			ca_file <pem file>
+//			fetch_timeout <duration>
+//			check_interval <duration>
+//		}
+//		dane {
+//			resolver <host:port>
+//			timeout <duration>
+//		}
+//		tls_reports [off] {
+//			interval <duration>
+//			organization_name <name>
+//			contact_info <text>
+//			from <address>
+//			ca_file <pem file>
+//		}
+//		destination <domain|*.domain>... {
+//			tls off|opportunistic|require|verify
+//			mta_sts off
+//			dane off
+//		}
 //	}
 func (q *Queue) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // module name
@@ -99,6 +121,19 @@ func (q *Queue) unmarshalOption(d *caddyfile.Dispenser) error {
 	case "timeouts":
 		q.Timeouts = &Timeouts{}
 		err = q.Timeouts.unmarshalCaddyfile(d)
+	case "mta_sts":
+		q.MTASTS = &MTASTSConfig{}
+		err = q.MTASTS.unmarshalCaddyfile(d)
+	case "dane":
+		q.DANE = &DANEConfig{}
+		err = q.DANE.unmarshalCaddyfile(d)
+	case "tls_reports":
+		q.TLSReports = &TLSReportsConfig{}
+		err = q.TLSReports.unmarshalCaddyfile(d)
+	case "destination":
+		var dp DestinationPolicy
+		err = dp.unmarshalCaddyfile(d)
+		q.Destinations = append(q.Destinations, dp)
 	default:
 		return d.Errf("unrecognized queue option %q", dir)
 	}
@@ -265,6 +300,127 @@ func (t *Timeouts) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			t.Data, err = caddyargs.Duration(d)
 		default:
 			return d.Errf("unrecognized timeouts option %q", f)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// offArg reads an optional "off" argument of a block's option.
+func offArg(d *caddyfile.Dispenser, block string) (bool, error) {
+	if !d.NextArg() {
+		return false, nil
+	}
+	if d.Val() != "off" {
+		return false, d.Errf("%s: %q: the only argument is off", block, d.Val())
+	}
+	if d.NextArg() {
+		return false, d.ArgErr()
+	}
+	return true, nil
+}
+
+// unmarshalCaddyfile parses `mta_sts [off] { ... }`.
+func (c *MTASTSConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	var err error
+	if c.Disable, err = offArg(d, "mta_sts"); err != nil {
+		return err
+	}
+	for d.NextBlock(1) {
+		switch f := d.Val(); f {
+		case "port":
+			c.Port, err = caddyargs.Int(d)
+		case "ca_file":
+			err = oneArg(d, &c.CAFile)
+		case "fetch_timeout":
+			c.FetchTimeout, err = caddyargs.Duration(d)
+		case "check_interval":
+			c.CheckInterval, err = caddyargs.Duration(d)
+		default:
+			return d.Errf("unrecognized mta_sts option %q", f)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmarshalCaddyfile parses `dane { ... }`.
+func (c *DANEConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(1) {
+		var err error
+		switch f := d.Val(); f {
+		case "resolver":
+			err = oneArg(d, &c.Resolver)
+		case "timeout":
+			c.Timeout, err = caddyargs.Duration(d)
+		default:
+			return d.Errf("unrecognized dane option %q", f)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmarshalCaddyfile parses `tls_reports [off] { ... }`.
+func (c *TLSReportsConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	var err error
+	if c.Disable, err = offArg(d, "tls_reports"); err != nil {
+		return err
+	}
+	for d.NextBlock(1) {
+		switch f := d.Val(); f {
+		case "interval":
+			c.Interval, err = caddyargs.Duration(d)
+		case "organization_name":
+			err = oneArg(d, &c.OrganizationName)
+		case "contact_info":
+			err = oneArg(d, &c.ContactInfo)
+		case "from":
+			err = oneArg(d, &c.From)
+		case "ca_file":
+			err = oneArg(d, &c.CAFile)
+		default:
+			return d.Errf("unrecognized tls_reports option %q", f)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmarshalCaddyfile parses `destination <domain>... { ... }`.
+func (p *DestinationPolicy) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	p.Domains = d.RemainingArgs()
+	if len(p.Domains) == 0 {
+		return d.ArgErr()
+	}
+	for d.NextBlock(1) {
+		var err error
+		var v string
+		switch f := d.Val(); f {
+		case "tls":
+			err = oneArg(d, &p.TLS)
+		case "mta_sts", "dane":
+			if err = oneArg(d, &v); err == nil && v != "off" {
+				return d.Errf("destination %s: %q: the only value is off", f, v)
+			}
+			if f == "dane" {
+				p.DisableDANE = true
+			} else {
+				p.DisableMTASTS = true
+			}
+		default:
+			return d.Errf("unrecognized destination option %q", f)
 		}
 		if err != nil {
 			return err

@@ -163,3 +163,70 @@ func TestExampleCaddyfile(t *testing.T) {
 		t.Errorf("the example's spool was not created: %v", err)
 	}
 }
+
+// The transport security options adapt to their JSON, and their errors
+// name the option.
+func TestCaddyfileTransportSecurity(t *testing.T) {
+	got := adaptCaddyfile(t, []byte(`{
+	smtp {
+		local_domains example.test
+		outbound queue {
+			mta_sts {
+				port 8443
+				ca_file /etc/ssl/test-ca.pem
+				fetch_timeout 10s
+				check_interval 5m
+			}
+			dane {
+				resolver 127.0.0.1:53
+				timeout 2s
+			}
+			tls_reports {
+				interval 12h
+				organization_name "Example Org"
+				contact_info tls@example.test
+				from reports@example.test
+				ca_file /etc/ssl/test-ca.pem
+			}
+			destination partner.example *.partner.example {
+				tls verify
+				mta_sts off
+				dane off
+			}
+			destination legacy.example {
+				tls opportunistic
+			}
+		}
+		server mx {
+			listen 127.0.0.1:2525
+		}
+	}
+}`), false)
+	b, _ := json.Marshal(map[string]any{"mta_sts": got["mta_sts"], "dane": got["dane"], "tls_reports": got["tls_reports"], "destinations": got["destinations"]})
+	want := `{"dane":{"resolver":"127.0.0.1:53","timeout":2000000000},` +
+		`"destinations":[{"disable_dane":true,"disable_mta_sts":true,"domains":["partner.example","*.partner.example"],"tls":"verify"},{"domains":["legacy.example"],"tls":"opportunistic"}],` +
+		`"mta_sts":{"ca_file":"/etc/ssl/test-ca.pem","check_interval":300000000000,"fetch_timeout":10000000000,"port":8443},` +
+		`"tls_reports":{"ca_file":"/etc/ssl/test-ca.pem","contact_info":"tls@example.test","from":"reports@example.test","interval":43200000000000,"organization_name":"Example Org"}}`
+	if string(b) != want {
+		t.Errorf("adapted:\n got %s\nwant %s", b, want)
+	}
+	off := adaptCaddyfile(t, []byte("{\n\tsmtp {\n\t\toutbound queue {\n\t\t\tmta_sts off\n\t\t\ttls_reports off\n\t\t}\n\t\tserver mx {\n\t\t\tlisten :2525\n\t\t}\n\t}\n}"), false)
+	if b, _ := json.Marshal(off); !strings.Contains(string(b), `"mta_sts":{"disable":true}`) || !strings.Contains(string(b), `"tls_reports":{"disable":true}`) {
+		t.Errorf("off: %s", b)
+	}
+	for _, tc := range []struct{ bad, want string }{
+		{"outbound queue { mta_sts on }", "the only argument is off"},
+		{"outbound queue { mta_sts { max 1 } }", "unrecognized mta_sts option"},
+		{"outbound queue { dane { resolvers x } }", "unrecognized dane option"},
+		{"outbound queue { tls_reports { every 1h } }", "unrecognized tls_reports option"},
+		{"outbound queue { destination }", "wrong argument count"},
+		{"outbound queue { destination a.example { dane on } }", "the only value is off"},
+	} {
+		src := "{\n\tsmtp {\n\t\t" + strings.ReplaceAll(tc.bad, "{ ", "{\n") + "\n\t\tserver mx {\n\t\t\tlisten :2525\n\t\t}\n\t}\n}"
+		src = strings.ReplaceAll(src, " }", "\n}")
+		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: want an error with %q, got %v", tc.bad, tc.want, err)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
 	"github.com/emersion/go-sasl"
 	"go.uber.org/zap"
 
@@ -36,6 +37,8 @@ type settings struct {
 	tlsSettings
 	timeoutSettings
 	smarthost *smarthostSettings
+	transport transportSettings
+	storage   certmagic.Storage
 	dkim      map[string]*dkimKey
 	// allowPrivate lets MX/A/AAAA lookups lead to internal addresses.
 	allowPrivate bool
@@ -46,7 +49,7 @@ type settings struct {
 
 // settings checks the config and builds its runtime view.
 func (q *Queue) settings(ctx caddy.Context, app *smtpapp.App) (*settings, error) {
-	s := &settings{logger: ctx.Logger(), app: app, allowPrivate: q.AllowPrivateDestinations}
+	s := &settings{logger: ctx.Logger(), app: app, allowPrivate: q.AllowPrivateDestinations, storage: ctx.Storage()}
 	var err error
 	if s.hostname, err = q.heloName(app); err != nil {
 		return nil, err
@@ -67,6 +70,9 @@ func (q *Queue) settings(ctx caddy.Context, app *smtpapp.App) (*settings, error)
 		if s.smarthost, err = q.Smarthost.provision(); err != nil {
 			return nil, fieldErr("smarthost", err)
 		}
+	}
+	if s.transport, err = q.provisionTransport(ctx, s); err != nil {
+		return nil, err
 	}
 	if s.dkim, err = q.DKIM.provision(ctx, app.LocalDomains, s.logger); err != nil {
 		return nil, fieldErr("dkim", err)

@@ -31,6 +31,10 @@ type result struct {
 	text     string // the reply text or the error
 	mta      string // the host that answered, if any
 	tls      string // none, unverified, verified
+	// policy is the transport security policy of the MX host (mta-sts,
+	// dane, opportunistic...), tlsFailure the TLS-RPT type of its
+	// failure, tlsOutcome the metric label of a delivery.
+	policy, tlsFailure, tlsOutcome string
 	// again asks for a new attempt right away (a "too many recipients"
 	// reply after others were accepted).
 	again bool
@@ -47,6 +51,20 @@ func fromReply(r *reply, mta, tlsState string) result {
 		res.kind = resPerm
 	}
 	return res
+}
+
+// withPolicy notes the host's transport security policy in the result.
+func (r *result) withPolicy(p *hostPolicy) {
+	if p == nil {
+		return
+	}
+	r.policy, r.tlsOutcome = p.kind, p.outcome()
+	if p.failure != "" {
+		r.tlsFailure = p.failure
+		if r.kind == resTemp && (r.enhanced == "" || r.enhanced == "4.4.1" || r.enhanced == "4.4.0") {
+			r.enhanced = "4.7.5"
+		}
+	}
 }
 
 func tempErr(enh, format string, args ...any) result {
@@ -113,10 +131,14 @@ func (e *engine) record(s *settings, ent *entry, idx []int, res []result, start 
 		st.Attempts++
 		st.LastTry = now
 		st.Code, st.Enhanced, st.Reply, st.RemoteMTA = r.code, r.enhanced, r.text, r.mta
+		st.TLSPolicy, st.TLSFailure = r.policy, r.tlsFailure
 		outcome := "delivered"
 		switch r.kind {
 		case resDelivered:
 			st.Status = statusDelivered
+			if r.tlsOutcome != "" {
+				metricTLSDeliveries.WithLabelValues(r.tlsOutcome).Inc()
+			}
 		case resPerm:
 			st.Status = statusFailed
 			outcome = "bounced"
@@ -144,6 +166,12 @@ func (e *engine) record(s *settings, ent *entry, idx []int, res []result, start 
 		}
 		if r.tls != "" {
 			fields = append(fields, zap.String("tls", r.tls))
+		}
+		if r.policy != "" {
+			fields = append(fields, zap.String("tls_policy", r.policy))
+		}
+		if r.tlsFailure != "" {
+			fields = append(fields, zap.String("tls_failure", r.tlsFailure))
 		}
 		if outcome == "deferred" {
 			fields = append(fields, zap.Time("next_try", st.NextTry))

@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/queue/tlsrpt"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -121,6 +122,10 @@ type engine struct {
 	inflight sync.WaitGroup
 	ctx      context.Context // of delivery attempts
 	cancel   context.CancelFunc
+
+	// rpt counts TLS sessions for the TLS reports (kept across reloads).
+	rpt        *tlsrpt.Counter
+	reportDone chan struct{}
 }
 
 var errClosed = errors.New("the outbound queue is shutting down")
@@ -140,8 +145,14 @@ func openEngine(path string, s *settings) (*engine, error) {
 		wake:      make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 		loopDone:  make(chan struct{}),
+
+		reportDone: make(chan struct{}),
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
+	e.rpt = &tlsrpt.Counter{Storage: s.storage, Key: "smtp/tlsrpt/" + s.hostname + "/counts.json"}
+	if err := e.rpt.Load(e.ctx); err != nil {
+		s.logger.Warn("reading the saved TLS report counts", zap.Error(err))
+	}
 	return e, nil
 }
 
@@ -242,6 +253,7 @@ func (e *engine) begin() {
 	e.mu.Unlock()
 	if start {
 		go e.start()
+		go e.reportLoop()
 	}
 }
 
@@ -314,7 +326,9 @@ func (e *engine) Destruct() error {
 	close(e.stop)
 	if started {
 		<-e.loopDone
+		<-e.reportDone
 	}
+	e.saveCounts()
 	done := make(chan struct{})
 	go func() { e.inflight.Wait(); close(done) }()
 	select {
@@ -683,6 +697,12 @@ type RcptInfo struct {
 	Attempts  int        `json:"attempts"`
 	NextTry   *time.Time `json:"next_try,omitempty"`
 	LastError string     `json:"last_error,omitempty"`
+	// TLSPolicy is the transport security policy of the last attempt (none,
+	// opportunistic, require, verify, mta-sts, mta-sts-testing, dane).
+	TLSPolicy string `json:"tls_policy,omitempty"`
+	// DeferReason is the TLS-RPT result type of a TLS policy failure that
+	// deferred the recipient (e.g. certificate-host-mismatch).
+	DeferReason string `json:"defer_reason,omitempty"`
 }
 
 // List describes every entry, oldest first.
@@ -737,7 +757,10 @@ func (e *engine) infoLocked(ent *entry) EntryInfo {
 	var last time.Time
 	for i, r := range ent.rec.Recipients {
 		st := ent.st.Rcpts[i]
-		ri := RcptInfo{Address: r.Address, Status: st.Status, Attempts: st.Attempts, LastError: st.Reply}
+		ri := RcptInfo{Address: r.Address, Status: st.Status, Attempts: st.Attempts, LastError: st.Reply, TLSPolicy: st.TLSPolicy}
+		if st.Status == statusPending {
+			ri.DeferReason = st.TLSFailure
+		}
 		if ri.Status == statusPending {
 			ri.Status = "pending"
 			if n, ok := next[rcptKey(r)]; ok {

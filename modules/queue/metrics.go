@@ -25,8 +25,22 @@ var (
 		Namespace: "caddy", Subsystem: "smtp", Name: "queue_sessions_total",
 		Help: "Outbound SMTP sessions by TLS state (none, unverified, verified) and result (ok, error).",
 	}, []string{"tls", "result"})
+
+	metricTLSDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "smtp", Name: "queue_tls_deliveries_total",
+		Help: "Recipients delivered to MX hosts by TLS outcome (plaintext, opportunistic, mta-sts, dane).",
+	}, []string{"tls"})
+	metricTLSFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "smtp", Name: "queue_tls_failures_total",
+		Help: "Transport security failures by TLS-RPT result type (certificate-host-mismatch, starttls-not-supported, validation-failure, dnssec-invalid, sts-policy-fetch-error...).",
+	}, []string{"reason"})
+	metricTLSReports = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "smtp", Name: "queue_tls_reports_total",
+		Help: "TLS reports sent by method (mailto, https) and result (ok, error).",
+	}, []string{"method", "result"})
 )
 
 func registerMetrics(reg prometheus.Registerer) error {
-	return promreg.Register(reg, metricQueued, metricDeliveries, metricDSN, metricSessions)
+	return promreg.Register(reg, metricQueued, metricDeliveries, metricDSN, metricSessions,
+		metricTLSDeliveries, metricTLSFailures, metricTLSReports)
 }

@@ -59,6 +59,23 @@ type Queue struct {
 	// (encrypt when offered, without requiring a valid certificate).
 	TLS *TLSPolicy `json:"tls,omitempty"`
 
+	// MTASTS finds and enforces the MTA-STS policies (RFC 8461) of
+	// destination domains. On by default.
+	MTASTS *MTASTSConfig `json:"mta_sts,omitempty"`
+
+	// DANE checks MX hosts' certificates against their TLSA records (RFC
+	// 7672), looked up through a DNSSEC-validating resolver. Off unless
+	// configured.
+	DANE *DANEConfig `json:"dane,omitempty"`
+
+	// TLSReports sends TLS reports (RFC 8460) to the domains that ask for
+	// them. On by default (once a day).
+	TLSReports *TLSReportsConfig `json:"tls_reports,omitempty"`
+
+	// Destinations override the transport security of some destination
+	// domains (the first match applies).
+	Destinations []DestinationPolicy `json:"destinations,omitempty"`
+
 	// Smarthost sends everything through one relay instead of MX lookup.
 	Smarthost *Smarthost `json:"smarthost,omitempty"`
 

@@ -24,6 +24,7 @@ type hop struct {
 	host      string
 	port      string
 	smarthost bool
+	pol       *hostPolicy // transport security of an MX host (nil for the smarthost)
 }
 
 // deliverRemote delivers to a domain's MX hosts (RFC 5321 5.1) in
@@ -43,7 +44,20 @@ func (e *engine) deliverRemote(s *settings, ent *entry, domain string, idx []int
 	last := tempErr("4.4.1", "no MX host of %s could be reached", domain)
 	var refused []string // internal addresses not tried
 	tries, lookupFailed := 0, false
+	var dp *domainPolicy
+	if s.smarthost == nil {
+		dp = e.domainPolicy(ctx, s, domain)
+	}
 	for _, h := range hops {
+		var hp *hostPolicy
+		if dp != nil {
+			var res *result
+			if hp, res = e.hostPolicy(ctx, s, dp, h); res != nil {
+				s.logger.Info("MX host skipped by the TLS policy", zap.String("id", ent.rec.ID), zap.String("mx", h.host), zap.String("reason", res.text))
+				last, lookupFailed = *res, true
+				continue
+			}
+		}
 		ips, internal, err := e.addresses(ctx, s, h)
 		if err != nil {
 			last, lookupFailed = tempErr("4.4.3", "%s: %v", h.host, err), true
@@ -59,13 +73,25 @@ func (e *engine) deliverRemote(s *settings, ent *entry, domain string, idx []int
 				return fill(len(idx), last)
 			}
 			tries++
-			res, err := e.sessionWithFallback(ctx, s, ent, f, h, ip, idx)
+			ha := h
+			if hp != nil {
+				attempt := *hp
+				ha.pol = &attempt
+			}
+			res, err := e.sessionWithFallback(ctx, s, ent, f, ha, ip, idx)
+			if ha.pol != nil {
+				e.endSession(ha.pol, h.host, ip)
+			}
 			if err == nil {
+				for i := range res {
+					res[i].withPolicy(ha.pol)
+				}
 				return res
 			}
 			s.logger.Debug("MX host failed", zap.String("id", ent.rec.ID), zap.String("mx", h.host),
 				zap.Stringer("ip", ip), zap.Error(err))
 			last = sessionErr(h.host, err)
+			last.withPolicy(ha.pol)
 		}
 	}
 	if len(refused) > 0 && tries == 0 && !lookupFailed {
@@ -114,7 +140,7 @@ func (e *engine) hops(ctx context.Context, s *settings, domain string) ([]hop, *
 func (e *engine) sessionWithFallback(ctx context.Context, s *settings, ent *entry, body io.ReaderAt, h hop, ip netip.Addr, idx []int) ([]result, error) {
 	res, err := e.session(ctx, s, ent, body, h, ip, idx, false)
 	var hs *errTLSHandshake
-	if errors.As(err, &hs) && !s.tlsRequire && !h.smarthost {
+	if errors.As(err, &hs) && !h.smarthost && !h.pol.mustTLS {
 		s.logger.Info("TLS handshake failed; trying again without TLS",
 			zap.String("id", ent.rec.ID), zap.String("mx", h.host), zap.Stringer("ip", ip), zap.Error(err))
 		res, err = e.session(ctx, s, ent, body, h, ip, idx, true)
@@ -282,12 +308,15 @@ func (e *engine) secure(ctx context.Context, s *settings, c *client, h hop, plai
 		return tlsState, nil // implicit TLS
 	}
 	sh := s.smarthost
-	wantTLS := !plain && (h.smarthost && sh.starttls || !h.smarthost && !s.tlsDisable)
-	mustTLS := h.smarthost && sh.starttls || !h.smarthost && s.tlsRequire
+	wantTLS := !plain && (h.smarthost && sh.starttls || !h.smarthost && h.pol.kind != polNone)
+	mustTLS := h.smarthost && sh.starttls || !h.smarthost && h.pol.mustTLS
 	if !wantTLS || !c.has("STARTTLS") {
+		if !h.smarthost && !plain && wantTLS && (mustTLS || h.pol.kind == polSTSTesting) {
+			h.pol.fail("starttls-not-supported", h.host+" does not offer STARTTLS")
+		}
 		if mustTLS {
 			c.quit()
-			return tlsState, fmt.Errorf("STARTTLS is required but %s does not offer it", h.host)
+			return tlsState, fmt.Errorf("STARTTLS is required (TLS policy %s) but %s does not offer it", h.pol.kind, h.host)
 		}
 		return tlsState, nil
 	}
@@ -296,20 +325,34 @@ func (e *engine) secure(ctx context.Context, s *settings, c *client, h hop, plai
 	if h.smarthost {
 		cfg = sh.tlsConfig
 	} else {
-		cfg = s.tlsSettings.config(h.host, &verified)
+		cfg = h.pol.tlsConfig(h.host, &verified)
 	}
 	err := c.startTLS(ctx, cfg)
 	var r *reply
 	switch {
 	case err == nil:
 	case errors.As(err, &r) && !mustTLS:
+		if !h.smarthost && h.pol.kind == polSTSTesting {
+			h.pol.fail("starttls-not-supported", "STARTTLS refused: "+r.Error())
+		}
 		return tlsState, nil // STARTTLS refused: carry on in plain text
 	default:
+		if !h.smarthost && errors.As(err, &r) {
+			h.pol.fail("starttls-not-supported", "STARTTLS refused: "+r.Error())
+		} else if !h.smarthost && mustTLS {
+			h.pol.fail("validation-failure", err.Error())
+		}
 		c.close()
+		if !h.smarthost && mustTLS {
+			return tlsState, fmt.Errorf("TLS policy %s: %w", h.pol.kind, err)
+		}
 		return tlsState, err
 	}
+	if !h.smarthost {
+		h.pol.tlsUp = true
+	}
 	tlsState = "unverified"
-	if verified || s.tlsVerify && !h.smarthost || h.smarthost && !sh.tlsConfig.InsecureSkipVerify {
+	if verified || h.smarthost && !sh.tlsConfig.InsecureSkipVerify {
 		tlsState = "verified"
 	}
 	if err := c.hello(s.hostname); err != nil {

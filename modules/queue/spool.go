@@ -69,6 +69,10 @@ type rcptState struct {
 	Reply     string    `json:"reply,omitempty"`
 	RemoteMTA string    `json:"remote_mta,omitempty"`
 	Expired   bool      `json:"expired,omitempty"`
+	// TLSPolicy is the transport security policy of the last attempt's MX
+	// host, TLSFailure the TLS-RPT result type of its failure.
+	TLSPolicy  string `json:"tls_policy,omitempty"`
+	TLSFailure string `json:"tls_failure,omitempty"`
 	// Notified is set once the failure's DSN is queued (or was not due).
 	Notified bool `json:"notified,omitempty"`
 }
