@@ -47,6 +47,8 @@ type Conn struct {
 	inMail       bool
 	authFails    int
 	spf          *SPFResult // the transaction's SPF result (spf handler)
+	msgID        string     // the current message's ID, from DATA on
+	authMech     string     // the SASL mechanism of the last AUTH
 
 	closeOnce   sync.Once
 	releaseOnce sync.Once
@@ -217,6 +219,30 @@ func (c *Conn) setTLS(st *tls.ConnectionState) { c.mu.Lock(); c.tlsState = st; c
 
 func (c *Conn) setAccount(a string) { c.mu.Lock(); c.account = a; c.mu.Unlock() }
 
+func (c *Conn) setAuthMechanism(m string) { c.mu.Lock(); c.authMech = m; c.mu.Unlock() }
+
+// AuthMechanism is the SASL mechanism the client logged in with (PLAIN,
+// LOGIN), or "" before a successful AUTH.
+func (c *Conn) AuthMechanism() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.account == "" {
+		return ""
+	}
+	return c.authMech
+}
+
+func (c *Conn) newMessageID() { c.mu.Lock(); c.msgID = newID(); c.mu.Unlock() }
+
+// MessageID is the ID of the message being received (from DATA or the
+// first BDAT on): the one in logs, the Received field and the file
+// names, also known to the Data hooks (e.g. rspamd's Queue-Id).
+func (c *Conn) MessageID() string { c.mu.Lock(); defer c.mu.Unlock(); return c.msgID }
+
+// SpamThresholds are the server's tag and reject scores, for modules
+// whose own points should follow them.
+func (c *Conn) SpamThresholds() (tag, reject float64) { return c.server.tagScore, c.server.rejectScore }
+
 func (c *Conn) inTransaction() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.inMail }
 
 func (c *Conn) startTransaction(from string) {
@@ -260,8 +286,11 @@ func (c *Conn) resetForTLS() {
 func (c *Conn) envelope() *Envelope {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.msgID == "" {
+		c.msgID = newID()
+	}
 	return &Envelope{
-		ID:         newID(),
+		ID:         c.msgID,
 		From:       c.from,
 		Recipients: append([]Recipient(nil), c.rcpts...),
 		ClientIP:   c.remote.Addr(),

@@ -83,6 +83,11 @@ type RcptHook interface {
 	Rcpt(ctx context.Context, c *Conn, rcpt Recipient) error
 }
 
+// ErrDiscard, returned by a DataHook, accepts the message (250) and drops
+// it unseen: nothing is delivered (a milter's or filter's discard action,
+// as Postfix's DISCARD). The message line is logged as "discarded".
+var ErrDiscard = errors.New("message discarded by a content filter")
+
 // DataHook runs after the whole body is spooled and before it is delivered.
 // It may add header fields to the message and points to the spam score.
 type DataHook interface {

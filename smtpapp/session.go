@@ -49,6 +49,7 @@ func (ss *session) AuthMechanisms() []string {
 
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	c := ss.c
+	c.setAuthMechanism(mech)
 	switch {
 	case ss.srv.app.accounts == nil:
 		return nil, c.reply(smtp.ErrAuthUnsupported, true)
@@ -224,6 +225,7 @@ func (ss *session) route(addr Address) (Recipient, error) {
 func (ss *session) Data(r io.Reader) error {
 	c := ss.c
 	ss.messages.Add(1)
+	c.newMessageID()
 	msg, err := readMessage(r, ss.srv.app.bodyMemory, ss.srv.app.SpoolDir)
 	if err != nil {
 		return ss.readFailed(err)
@@ -237,7 +239,10 @@ func (ss *session) Data(r io.Reader) error {
 		return err
 	}
 	defer release()
-	if err := ss.srv.hooks.runData(c, msg); err != nil {
+	if err := ss.srv.hooks.runData(c, msg); errors.Is(err, ErrDiscard) {
+		c.logMessage(msg, "discarded", nil)
+		return &Error{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + c.MessageID()}
+	} else if err != nil {
 		return err
 	}
 	if len(msg.authResults) > 0 {

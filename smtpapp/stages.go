@@ -66,6 +66,10 @@ func only[H any](mods []any) []H {
 func run[H any](c *Conn, stage string, hs []hook[H], msg *Message, call func(H) error) error {
 	for _, h := range hs {
 		if err := call(h.h); err != nil {
+			if errors.Is(err, ErrDiscard) {
+				c.logger.Info("discarded", zap.String("stage", stage), zap.String("module", h.module))
+				return err
+			}
 			return c.refuse(refusal{stage: stage, module: h.module, err: err, msg: msg})
 		}
 	}

@@ -35,9 +35,8 @@ const moduleID = "smtp.handlers.milter"
 
 // Defaults.
 const (
-	DefaultDialTimeout     = 5 * time.Second
-	DefaultTimeout         = 30 * time.Second
-	DefaultQuarantineScore = 5
+	DefaultDialTimeout = 5 * time.Second
+	DefaultTimeout     = 30 * time.Second
 )
 
 // Milter passes each SMTP session to a milter, stage by stage, as
@@ -57,9 +56,9 @@ const (
 //   - tempfail: 451 4.7.1 (at connect 421 4.7.0);
 //   - a reply of its own (smfi_setreply): sent as given, if its code is a
 //     4xx or 5xx;
-//   - discard: the message is refused with 550 5.7.1 ("discarded by a
-//     content filter"), not silently dropped: the session cannot drop a
-//     message it goes on to acknowledge, and a refusal loses nothing;
+//   - discard: the message is accepted (250) and dropped unseen, as
+//     Postfix's DISCARD (smtpapp.ErrDiscard); at connect or HELO, where
+//     there is no message yet, the next MAIL is refused with 550 5.7.1;
 //   - quarantine: QuarantineScore points added to the spam score, so the
 //     message is tagged (filed as Junk) by the server's spam policy.
 //
@@ -90,7 +89,7 @@ type Milter struct {
 	// OnFailure: "tempfail" (default), "reject" or "accept"; see above.
 	OnFailure string `json:"on_failure,omitempty"`
 	// QuarantineScore is the points added when the milter quarantines a
-	// message. Default: 5 (the spam policy's default tag_score).
+	// message. Default: the server's tag_score, so it is filed as Junk.
 	QuarantineScore *float64 `json:"quarantine_score,omitempty"`
 
 	network, addr string
@@ -145,10 +144,6 @@ func (m *Milter) Provision(ctx caddy.Context) error {
 	case "tempfail", "reject", "accept":
 	default:
 		return fmt.Errorf("on_failure: %q is not tempfail, reject or accept", m.OnFailure)
-	}
-	if m.QuarantineScore == nil {
-		v := float64(DefaultQuarantineScore)
-		m.QuarantineScore = &v
 	}
 	return nil
 }
@@ -294,7 +289,7 @@ func (m *Milter) Connect(ctx context.Context, c *smtpapp.Conn) error {
 // anything else a failure.
 func (m *Milter) result(c *smtpapp.Conn, s *session, stage string, err error) error {
 	var r *smtpapp.Refusal
-	if err == nil || errors.As(err, &r) {
+	if err == nil || errors.As(err, &r) || errors.Is(err, smtpapp.ErrDiscard) {
 		return err
 	}
 	return m.fail(c, s, stage, err)
@@ -330,9 +325,12 @@ func (m *Milter) act(c *smtpapp.Conn, s *session, stage string, a *milter.Action
 		}
 		return smtpapp.Refuse(451, [3]int{4, 7, 1}, "milter_tempfail", "Service unavailable, try again later")
 	case milter.ActDiscard:
-		if stage == "rcpt" || stage == "mail" {
-			s.discard = true // the whole message is discarded (refused at DATA)
+		switch stage {
+		case "rcpt", "mail":
+			s.discard = true // the whole message is discarded at DATA
 			return nil
+		case "data":
+			return smtpapp.ErrDiscard
 		}
 		return smtpapp.Refuse(550, [3]int{5, 7, 1}, "milter_discard", "Message discarded by a content filter")
 	case milter.ActReplyCode:
@@ -462,7 +460,7 @@ func (m *Milter) Mail(ctx context.Context, c *smtpapp.Conn, from string) error {
 		s.inMsg = true
 		kv := []string{"{mail_addr}", from}
 		if acct := c.Account(); acct != "" {
-			kv = append(kv, "{auth_authen}", acct, "{auth_type}", "PLAIN")
+			kv = append(kv, "{auth_authen}", acct, "{auth_type}", c.AuthMechanism())
 		}
 		if err := s.cs.Macros(milter.CodeMail, kv...); err != nil {
 			return err
@@ -516,7 +514,7 @@ func (m *Milter) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message
 	if s.discard {
 		s.endMessage(ctx)
 		metricActions.WithLabelValues(m.Name, "data", "discard").Inc()
-		return smtpapp.Refuse(550, [3]int{5, 7, 1}, "milter_discard", "Message discarded by a content filter")
+		return smtpapp.ErrDiscard
 	}
 	if s.msgDone {
 		s.endMessage(ctx)
@@ -529,7 +527,7 @@ func (m *Milter) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message
 		if err != nil {
 			return errSkip{err}
 		}
-		if err := s.cs.Macros(milter.CodeEOH, "i", c.ID); err != nil {
+		if err := s.cs.Macros(milter.CodeEOH, "i", c.MessageID()); err != nil {
 			return err
 		}
 		for _, f := range fields {
@@ -640,7 +638,11 @@ func (m *Milter) apply(c *smtpapp.Conn, msg *smtpapp.Message, mods []milter.Modi
 			metricActions.WithLabelValues(m.Name, "data", "quarantine").Inc()
 			reason := printable(mod.Reason, 100)
 			m.log(c).Info("milter quarantined the message", zap.String("reason", reason))
-			c.AddScore("milter", *m.QuarantineScore, "quarantined by milter "+m.Name+": "+reason)
+			points, _ := c.SpamThresholds() // the tag score, unless set
+			if m.QuarantineScore != nil {
+				points = *m.QuarantineScore
+			}
+			c.AddScore("milter", points, "quarantined by milter "+m.Name+": "+reason)
 			continue
 		default:
 			kind = "ignored"

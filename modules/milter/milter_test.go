@@ -171,6 +171,21 @@ func TestTempfailAtEndOfBody(t *testing.T) {
 	}
 }
 
+// TestDiscard: a milter's discard, at RCPT or at the end of the body, is
+// acknowledged (250) and the message dropped unseen, as Postfix does.
+func TestDiscard(t *testing.T) {
+	for _, tm := range []testMilter{{body: milter.RespDiscard}, {rcpt: milter.RespDiscard}} {
+		addr, _ := serve(t, tm)
+		s := start(t, map[string]any{"address": addr})
+		if r := s.send(t); r.Code != 250 {
+			t.Fatalf("discarded message: %s", r)
+		}
+		if got := s.stored(t); len(got) != 0 {
+			t.Fatalf("a discarded message was stored: %q", got)
+		}
+	}
+}
+
 func TestModificationsAndQuarantine(t *testing.T) {
 	addr, headers := serve(t, testMilter{modify: func(m *milter.Modifier) {
 		m.AddHeader("X-Added", "bottom")

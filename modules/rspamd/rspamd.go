@@ -38,10 +38,6 @@ const (
 	// DefaultMaxSize: spam is small; scanning large attachments costs
 	// rspamd much and finds little (rspamd's own max_message is 50 MiB).
 	DefaultMaxSize = 20 << 20
-	// DefaultActionScore is the points of "add header" / "rewrite
-	// subject" with score_mode "action": the spam policy's default
-	// tag_score, so the message is tagged (filed as Junk).
-	DefaultActionScore = 5
 )
 
 // Rspamd asks rspamd about each message after DATA (a Data hook), with
@@ -88,8 +84,8 @@ type Rspamd struct {
 	// reject and greylist refuse in both modes).
 	ScoreMode string `json:"score_mode,omitempty"`
 	// ActionScore is the points given for "add header" and "rewrite
-	// subject" with score_mode "action". Default: 5 (the spam policy's
-	// default tag_score: set it to your tag_score).
+	// subject" with score_mode "action". Default: the server's tag_score,
+	// so the message is tagged (filed as Junk).
 	ActionScore *float64 `json:"action_score,omitempty"`
 	// OnFailure is what happens when rspamd cannot be asked: "accept"
 	// (default: accepted, logged and counted) or "defer" (451 4.7.1).
@@ -165,10 +161,6 @@ func (r *Rspamd) Provision(ctx caddy.Context) error {
 	case "add", "action":
 	default:
 		return fmt.Errorf("score_mode: %q is not add or action", r.ScoreMode)
-	}
-	if r.ActionScore == nil {
-		v := float64(DefaultActionScore)
-		r.ActionScore = &v
 	}
 	switch r.OnFailure {
 	case "":
@@ -255,7 +247,11 @@ func (r *Rspamd) Data(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Message
 	case r.ScoreMode == "add":
 		c.AddScore("rspamd", res.score, why)
 	case res.action == actAddHeader || res.action == actRewriteSubject:
-		c.AddScore("rspamd", *r.ActionScore, why)
+		points, _ := c.SpamThresholds() // the tag score, unless set
+		if r.ActionScore != nil {
+			points = *r.ActionScore
+		}
+		c.AddScore("rspamd", points, why)
 	}
 	return nil
 }
@@ -305,7 +301,7 @@ func (r *Rspamd) check(ctx context.Context, c *smtpapp.Conn, msg *smtpapp.Messag
 	for _, rc := range c.Recipients() {
 		h.Add("Rcpt", headerSafe(rc.Address))
 	}
-	h.Set("Queue-Id", c.ID)
+	h.Set("Queue-Id", c.MessageID())
 	h.Set("MTA-Name", headerSafe(c.Hostname()))
 	if r.Password != "" {
 		h.Set("Password", r.Password)
