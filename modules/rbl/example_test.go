@@ -14,6 +14,7 @@ import (
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/dmarc"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/helo"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/rspamd" // examples/spam.Caddyfile names it
 	_ "github.com/caddy-smtp/caddy-smtp/modules/spf"
 )
 
@@ -38,8 +39,10 @@ func TestSpamExample(t *testing.T) {
 	}
 	app := cfg["apps"].(map[string]any)["smtp"].(map[string]any)
 	mx := app["servers"].(map[string]any)["mx"].(map[string]any)
-	if n := len(mx["handlers"].([]any)); n != 4 {
-		t.Fatalf("want 4 handlers in the example, got %d", n)
+	// rbl, spf, helo, dmarc and rspamd (not running here: its failure
+	// policy accepts, so the outcomes below are the four checks').
+	if n := len(mx["handlers"].([]any)); n != 5 {
+		t.Fatalf("want 5 handlers in the example, got %d", n)
 	}
 
 	d := testenv.StartDNS(t)
