@@ -335,6 +335,16 @@ func TestAdminAPI(t *testing.T) {
 		}
 		return n == 3
 	})
+	// An attempt counts before it ends: wait until none is in flight, so
+	// that every next try is set (the test was flaky under load).
+	testenv.WaitFor(5*time.Second, func() bool {
+		for _, e := range h.list() {
+			if e.InFlight {
+				return false
+			}
+		}
+		return true
+	})
 	full := h.list()
 	if len(full) != 3 {
 		t.Fatalf("list: %+v", full)
