@@ -431,7 +431,11 @@ func (s *Server) stop(ctx context.Context, now bool) {
 	}
 	srv := s.smtp
 	grace := time.Duration(s.app.GracePeriod)
-	// Shutdown closes the listeners at once, then waits for the sessions.
+	// The listeners leave their sockets now, not in the background: after
+	// a full stop, a socket still open with no listener would take (and
+	// drop) connections meant for the next config's new socket.
+	s.closeListeners()
+	// Shutdown then waits for the sessions.
 	go func() {
 		ctx, cancel := context.WithTimeout(ctx, grace)
 		defer cancel()
