@@ -114,7 +114,9 @@ func DefaultServers(hostname string) map[string]*Server {
 func DefaultMXHandlers() []json.RawMessage {
 	reject := map[string]string{"action": "reject"}
 	score := func(f float64) map[string]float64 { return map[string]float64{"score": f} }
-	rate := func(limit int64, window string) map[string]any { return map[string]any{"limit": limit, "window": window} }
+	rate := func(limit int64, window string) map[string]any {
+		return map[string]any{"limit": limit, "window": window}
+	}
 	return []json.RawMessage{
 		defaultBan(),
 		caddyconfig.JSONModuleObject(map[string]any{
