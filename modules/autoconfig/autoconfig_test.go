@@ -58,8 +58,8 @@ func TestAutoconfiguration(t *testing.T) {
 			}
 			var cfg struct {
 				Provider struct {
-					ID       string `xml:"id,attr"`
-					Domain   string `xml:"domain"`
+					ID       string     `xml:"id,attr"`
+					Domain   string     `xml:"domain"`
 					Incoming []tbServer `xml:"incomingServer"`
 					Outgoing []tbServer `xml:"outgoingServer"`
 				} `xml:"emailProvider"`
