@@ -24,6 +24,7 @@ func init() {
 //
 //	smtp {
 //		local_domains <domain>...
+//		hostname <name>
 //		postmaster <address>
 //		accounts <module> ...
 //		local_delivery <module> ...
@@ -35,6 +36,10 @@ func init() {
 //			...
 //		}
 //	}
+//
+// With no server, the three standard servers are written out in full
+// (smtpapp.DefaultServers), with an outbound queue unless one is given,
+// so that `caddy adapt` shows everything that will run.
 func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 	if existing != nil {
 		return nil, d.Err("the smtp global option may be given only once")
@@ -88,6 +93,10 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 				}
 			}
 			app.Resolver = rc
+		case "hostname":
+			if !d.Args(&app.Hostname) {
+				return nil, d.ArgErr()
+			}
 		case "postmaster":
 			if !d.Args(&app.Postmaster) {
 				return nil, d.ArgErr()
@@ -128,6 +137,12 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 		default:
 			return nil, d.Errf("unrecognized smtp option %q", dir)
 		}
+	}
+	if len(app.Servers) == 0 && len(app.LocalDomains) == 0 {
+		return nil, d.Err("smtp: local_domains is required for the default servers (or define a server)")
+	}
+	if err := app.FillDefaults(); err != nil {
+		return nil, d.Errf("smtp: %v", err)
 	}
 	return httpcaddyfile.App{Name: "smtp", Value: caddyconfig.JSON(app, &warnings)}, nil
 }

@@ -26,8 +26,18 @@ func init() {
 
 // App is the smtp app: mail servers for a set of local domains.
 type App struct {
-	// Servers, by name (used in logs and metrics).
+	// Servers, by name (used in logs and metrics). Default, when
+	// local_domains is set: the three standard servers "mx" (:25),
+	// "submission" (:587, STARTTLS, AUTH required) and "submissions"
+	// (:465, implicit TLS, AUTH required), with the handlers a careful MX
+	// needs (see DefaultServers), and then also an outbound queue.
 	Servers map[string]*Server `json:"servers,omitempty"`
+
+	// Hostname is the default hostname of the servers that set none (the
+	// name in greetings and on their certificate). Default:
+	// mail.<first local domain> for the default servers; the machine's
+	// host name for servers written out.
+	Hostname string `json:"hostname,omitempty"`
 
 	// LocalDomains are the domains whose mail this app receives and stores
 	// in local mailboxes. Mail for any other domain is relayed, and only
@@ -48,7 +58,9 @@ type App struct {
 	LocalDeliveryRaw json.RawMessage `json:"local_delivery,omitempty" caddy:"namespace=smtp.delivery inline_key=target"`
 
 	// Outbound takes mail for remote recipients (namespace smtp.delivery,
-	// normally the queue). Without it, nothing is relayed.
+	// normally the queue). Without it, nothing is relayed. Default: none,
+	// except with the default servers: the queue with its defaults
+	// (spool under Caddy's data directory, DKIM signing).
 	OutboundRaw json.RawMessage `json:"outbound,omitempty" caddy:"namespace=smtp.delivery inline_key=target"`
 
 	// Resolver is the DNS resolver used by the modules (DNSBL, SPF, MX).
@@ -98,6 +110,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.provisionDomains(); err != nil {
 		return err
 	}
+	if a.Hostname != "" && !ValidHostname(a.Hostname) {
+		return fmt.Errorf("hostname: %q is not a valid host name", a.Hostname)
+	}
+	if err := a.FillDefaults(); err != nil {
+		return err
+	}
 	var err error
 	if a.resolver, err = a.Resolver.build(); err != nil {
 		return fmt.Errorf("resolver: %v", err)
@@ -107,9 +125,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	if err := a.provisionMessages(); err != nil {
 		return err
-	}
-	if len(a.Servers) == 0 {
-		return fmt.Errorf("servers: at least one server is required")
 	}
 	for name, srv := range a.Servers {
 		if err := srv.provision(ctx, a, name); err != nil {
@@ -256,6 +271,7 @@ func (a *App) Start() error {
 	if err := a.manageCertificates(); err != nil {
 		return undo(err)
 	}
+	setCurrent(a)
 	return nil
 }
 
@@ -311,6 +327,7 @@ func (a *App) manageCertificates() error {
 // Stop stops accepting connections and lets open sessions finish in the
 // background (up to the grace period) on this config.
 func (a *App) Stop() error {
+	clearCurrent(a)
 	for _, srv := range a.Servers {
 		srv.stop(context.Background(), false)
 	}
