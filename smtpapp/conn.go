@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base32"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -389,4 +390,64 @@ func (c *Conn) Pause(ctx context.Context, d time.Duration) (earlyTalker bool, er
 		return false, nil
 	}
 	return false, rerr
+}
+
+// route decides where a recipient goes: a local mailbox, the outbound
+// target (for authenticated users and trusted networks), or nowhere.
+func (c *Conn) route(addr Address) (Recipient, error) {
+	app := c.server.app
+	if app.IsLocalDomain(addr.Domain) {
+		mb, err := app.LookupMailbox(c.ctx, addr)
+		switch {
+		case err == nil:
+			return Recipient{Address: addr.String(), Mailbox: mb}, nil
+		case errors.Is(err, ErrNoSuchUser):
+			return Recipient{}, c.refuse(refusal{stage: "rcpt", err: replyNoSuchUser, label: "no_such_user", reason: "no such mailbox",
+				event: EventUnknownRecipient, detail: addr.String(), fields: []zap.Field{zap.String("to", addr.String())}})
+		default:
+			c.logger.Error("recipient lookup failed", zap.String("to", addr.String()), zap.Error(err))
+			return Recipient{}, c.reply(replyTempLookup, false)
+		}
+	}
+	if c.Account() == "" && !c.Trusted() || app.outbound == nil {
+		return Recipient{}, c.refuse(refusal{stage: "rcpt", err: replyRelayDenied, label: "relay_denied", reason: "relay denied",
+			event: EventRelayDenied, detail: addr.String(), fields: []zap.Field{zap.String("to", addr.String())}})
+	}
+	return Recipient{Address: addr.String()}, nil
+}
+
+// AddRecipient adds a recipient to the current transaction, routed as
+// one given with RCPT TO (a local mailbox, or a remote one where this
+// client may relay): for a Data hook whose filter adds recipients (a
+// milter's add-recipient). An address that RCPT would refuse is refused.
+func (c *Conn) AddRecipient(address string) error {
+	addr, err := ParseAddress(address)
+	if err != nil {
+		return err
+	}
+	r, err := c.route(addr)
+	if err != nil {
+		return err
+	}
+	c.addRecipient(r)
+	return nil
+}
+
+// RemoveRecipient drops a recipient from the current transaction (a
+// filter's decision after DATA); it reports whether it was there. A
+// message left with no recipient is accepted and delivered to no one.
+func (c *Conn) RemoveRecipient(address string) bool {
+	addr, err := ParseAddress(address)
+	if err != nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, r := range c.rcpts {
+		if strings.EqualFold(r.Address, addr.String()) {
+			c.rcpts = append(c.rcpts[:i], c.rcpts[i+1:]...)
+			return true
+		}
+	}
+	return false
 }

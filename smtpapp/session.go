@@ -185,7 +185,7 @@ func (ss *session) rcpt(to string) error {
 		c.Emit(Event{Kind: EventProtocolError, Detail: "bad recipient address"})
 		return c.reply(replyOf(err), true)
 	}
-	rcpt, err := ss.route(addr)
+	rcpt, err := c.route(addr)
 	if err != nil {
 		return err
 	}
@@ -194,30 +194,6 @@ func (ss *session) rcpt(to string) error {
 	}
 	c.addRecipient(rcpt)
 	return nil
-}
-
-// route decides where a recipient goes: a local mailbox, the outbound
-// target (for authenticated users and trusted networks), or nowhere.
-func (ss *session) route(addr Address) (Recipient, error) {
-	c, app := ss.c, ss.srv.app
-	if app.IsLocalDomain(addr.Domain) {
-		mb, err := app.LookupMailbox(c.ctx, addr)
-		switch {
-		case err == nil:
-			return Recipient{Address: addr.String(), Mailbox: mb}, nil
-		case errors.Is(err, ErrNoSuchUser):
-			return Recipient{}, c.refuse(refusal{stage: "rcpt", err: replyNoSuchUser, label: "no_such_user", reason: "no such mailbox",
-				event: EventUnknownRecipient, detail: addr.String(), fields: []zap.Field{zap.String("to", addr.String())}})
-		default:
-			c.logger.Error("recipient lookup failed", zap.String("to", addr.String()), zap.Error(err))
-			return Recipient{}, c.reply(replyTempLookup, false)
-		}
-	}
-	if c.Account() == "" && !c.Trusted() || app.outbound == nil {
-		return Recipient{}, c.refuse(refusal{stage: "rcpt", err: replyRelayDenied, label: "relay_denied", reason: "relay denied",
-			event: EventRelayDenied, detail: addr.String(), fields: []zap.Field{zap.String("to", addr.String())}})
-	}
-	return Recipient{Address: addr.String()}, nil
 }
 
 // Data reads the body (DATA or every BDAT chunk), checks it, runs the

@@ -65,9 +65,12 @@ const (
 // At the end of the message the milter may add, insert, change and
 // delete header fields: they are applied to the message's original header
 // section, which is also what the milter was sent (the fields the server
-// adds on top, such as Received, are not sent). Changing the envelope
-// (recipients, sender) or the body is not offered to the milter in the
-// negotiation, so a milter that needs it declines to start or skips it.
+// adds on top, such as Received, are not sent). It may also add and
+// remove envelope recipients: an added one is routed as an RCPT would be
+// (a local mailbox, or a remote one only where the client may relay); a
+// message left with none is accepted and delivered to no one. Changing
+// the sender or the body is not offered in the negotiation, so a milter
+// that needs it declines to start or skips it.
 //
 // When the milter cannot be reached, times out or breaks the protocol,
 // OnFailure applies for the rest of the session: "tempfail" (default,
@@ -257,7 +260,7 @@ func (m *Milter) Connect(ctx context.Context, c *smtpapp.Conn) error {
 	client := milter.NewClientWithOptions(m.network, m.addr, milter.ClientOptions{
 		Dialer:      dialer,
 		ReadTimeout: time.Duration(m.Timeout), WriteTimeout: time.Duration(m.Timeout),
-		ActionMask: milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine,
+		ActionMask: milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine | milter.OptAddRcpt | milter.OptRemoveRcpt,
 	})
 	cs, err := client.Session()
 	if err != nil {
@@ -633,6 +636,15 @@ func (m *Milter) apply(c *smtpapp.Conn, msg *smtpapp.Message, mods []milter.Modi
 				if errors.Is(err, smtpapp.ErrNoHeaderField) { // as libmilter: a missing field is added
 					err = msg.AppendHeader(mod.HeaderName, mod.HeaderValue)
 				}
+			}
+		case milter.ActAddRcpt:
+			// Routed as an RCPT would be: a local mailbox, or a remote
+			// one only where this client may relay.
+			kind, err = "add_recipient", c.AddRecipient(strings.Trim(mod.Rcpt, "<>"))
+		case milter.ActDelRcpt:
+			kind = "delete_recipient"
+			if !c.RemoveRecipient(strings.Trim(mod.Rcpt, "<>")) {
+				err = fmt.Errorf("no such recipient %q", printable(mod.Rcpt, 80))
 			}
 		case milter.ActQuarantine:
 			metricActions.WithLabelValues(m.Name, "data", "quarantine").Inc()

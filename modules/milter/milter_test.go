@@ -186,6 +186,32 @@ func TestDiscard(t *testing.T) {
 	}
 }
 
+// TestRecipientChanges: a milter adds a local recipient and removes the
+// original one: the message goes to the added mailbox only; an added
+// remote recipient from a client that may not relay is not added.
+func TestRecipientChanges(t *testing.T) {
+	addr, _ := serve(t, testMilter{modify: func(m *milter.Modifier) {
+		m.AddRecipient("<bob@example.test>")
+		m.AddRecipient("<someone@elsewhere.example>") // relay denied: not added
+		m.DeleteRecipient("<alice@example.test>")
+	}})
+	d := testenv.StartDNS(t)
+	s := &setup{env: testenv.New(t), addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}
+	app := testenv.SpamMXApp(s.env, s.addr, d.Addr, map[string]any{"handler": "milter", "address": addr})
+	accounts := app["accounts"].(map[string]any)
+	accounts["accounts"] = append(accounts["accounts"].([]any), map[string]any{"address": "bob@example.test"})
+	s.env.Load(s.env.Config(app, nil))
+	if r := s.send(t); r.Code != 250 {
+		t.Fatalf("end of data: %s", r)
+	}
+	if got := s.stored(t); len(got) != 0 {
+		t.Fatalf("the removed recipient got the message: %q", got)
+	}
+	if got := testenv.Maildir(t, s.env.Path("maildir"), "example.test", "bob"); len(got) != 1 {
+		t.Fatalf("the added recipient got %d messages", len(got))
+	}
+}
+
 func TestModificationsAndQuarantine(t *testing.T) {
 	addr, headers := serve(t, testMilter{modify: func(m *milter.Modifier) {
 		m.AddHeader("X-Added", "bottom")
