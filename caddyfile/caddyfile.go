@@ -101,6 +101,15 @@ func parseGlobal(d *caddyfile.Dispenser, existing any) (any, error) {
 			if !d.Args(&app.Postmaster) {
 				return nil, d.ArgErr()
 			}
+		case "catch_all": // catch_all <domain> <account>
+			var domain, account string
+			if !d.Args(&domain, &account) {
+				return nil, d.ArgErr()
+			}
+			if app.CatchAll == nil {
+				app.CatchAll = map[string]string{}
+			}
+			app.CatchAll[domain] = account
 		case "grace_period":
 			dur, err := parseDuration(d)
 			if err != nil {

@@ -49,6 +49,14 @@ type App struct {
 	// 4.5.1 requires the address). Example: "alice@example.com".
 	Postmaster string `json:"postmaster,omitempty"`
 
+	// CatchAll maps a local domain to the account that receives mail for
+	// its addresses that match no account or alias. Off by default: then
+	// an unknown address gets 550 5.1.1 at RCPT, which is what tells a
+	// sender about a typo, and spammers' dictionary attacks nothing. The
+	// catch-all account does not get to send as those addresses.
+	// Example: {"example.com": "alice@example.com"}.
+	CatchAll map[string]string `json:"catch_all,omitempty"`
+
 	// Accounts is the accounts provider (namespace smtp.auth): logins for
 	// AUTH and the mailboxes that exist.
 	AccountsRaw json.RawMessage `json:"accounts,omitempty" caddy:"namespace=smtp.auth inline_key=provider"`
@@ -89,6 +97,7 @@ type App struct {
 	resolver      *Resolver
 	internalNames map[string]bool // hostnames given an internal-CA policy
 	router        *router
+	catchAll      map[string]string // domain -> account
 	bodyMemory    *memoryBudget
 	authFailures  *authFailures
 }
@@ -153,6 +162,18 @@ func (a *App) provisionDomains() error {
 		if err != nil || !a.localDomains[pm.Domain] {
 			return fmt.Errorf("postmaster: %q is not an address on a local domain", a.Postmaster)
 		}
+	}
+	a.catchAll = make(map[string]string)
+	for d, account := range a.CatchAll {
+		domain := normalizeDomain(d)
+		if !a.localDomains[domain] {
+			return fmt.Errorf("catch_all: %q is not a local domain", d)
+		}
+		acct, err := ParseAddress(account)
+		if err != nil || !a.localDomains[acct.Domain] {
+			return fmt.Errorf("catch_all.%s: %q is not an address on a local domain", d, account)
+		}
+		a.catchAll[domain] = strings.ToLower(acct.Local) + "@" + acct.Domain
 	}
 	return nil
 }
@@ -340,6 +361,18 @@ func (a *App) IsLocalDomain(domain string) bool { return a.localDomains[domain] 
 // LookupMailbox returns the local account for an address on a local domain:
 // the address itself or an alias, else the same without its +tag.
 func (a *App) LookupMailbox(ctx context.Context, addr Address) (string, error) {
+	mb, err := a.lookupOwner(ctx, addr)
+	if err == ErrNoSuchUser {
+		if catchAll, ok := a.catchAll[addr.Domain]; ok {
+			return a.accounts.Lookup(ctx, catchAll)
+		}
+	}
+	return mb, err
+}
+
+// lookupOwner is LookupMailbox without the catch-all: the account that
+// owns the address (and may send as it).
+func (a *App) lookupOwner(ctx context.Context, addr Address) (string, error) {
 	if a.accounts == nil {
 		return "", ErrNoSuchUser
 	}

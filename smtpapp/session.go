@@ -168,7 +168,7 @@ func (ss *session) checkSender(account string, addr Address) error {
 func (ss *session) ownsSender(account string, addr Address) bool {
 	app := ss.srv.app
 	if app.IsLocalDomain(addr.Domain) {
-		if mb, err := app.LookupMailbox(ss.c.ctx, addr); err == nil && mb == account {
+		if mb, err := app.lookupOwner(ss.c.ctx, addr); err == nil && mb == account {
 			return true
 		}
 	}

@@ -264,3 +264,31 @@ func TestAuthDuringTransaction(t *testing.T) {
 		t.Fatalf("relay after refused AUTH: %s", r)
 	}
 }
+
+// TestCatchAll: with a catch-all, mail for unknown addresses of the domain
+// goes to its account (off: 550 5.1.1); the catch-all account may not send
+// as those addresses.
+func TestCatchAll(t *testing.T) {
+	s := startSubmission(t, func(app map[string]any) {
+		app["catch_all"] = map[string]any{"example.test": "bob@example.test"}
+	})
+	c, _ := testenv.Dial(t, s.mx)
+	c.Expect("EHLO client.example.org", 250)
+	c.StartMessage("sender@example.org", "nobody-here@example.test")
+	c.Send("Subject: to anyone\r\n\r\nhi\r\n.\r\n")
+	if r := c.Read(); r.Code != 250 {
+		t.Fatal(r)
+	}
+	if n := len(testenv.Maildir(t, s.env.Path("maildir"), "example.test", "bob")); n != 1 {
+		t.Fatalf("catch-all account got %d messages", n)
+	}
+	if n := len(testenv.Maildir(t, s.env.Path("maildir"), "example.test", "alice")); n != 0 {
+		t.Fatalf("alice got %d messages", n)
+	}
+	sub := s.login(t, s.sub)
+	sub.Expect("AUTH PLAIN "+plain("", "bob@example.test", "demo-bob"), 235)
+	if r := sub.Cmd("MAIL FROM:<nobody-here@example.test>"); r.Code != 553 {
+		t.Fatalf("catch-all account sending as an address it only catches: %s", r)
+	}
+	sub.Expect("MAIL FROM:<bob@example.test>", 250)
+}
