@@ -175,37 +175,18 @@ func (m *Message) removeHeaderFields(drop func(name, value []byte) bool) error {
 			return err
 		}
 	}
-	type span struct{ from, to int }
-	var dropped []span
-	pos, complete := 0, false
-	for pos < len(buf) {
-		if bytes.HasPrefix(buf[pos:], []byte("\r\n")) {
-			complete = true // the empty line ending the header section
-			break
-		}
-		// A field runs to a CRLF not followed by white space.
-		end := pos
-		for {
-			i := bytes.Index(buf[end:], []byte("\r\n"))
-			if i < 0 {
-				end = len(buf)
-				break
-			}
-			end += i + 2
-			if end >= len(buf) || (buf[end] != ' ' && buf[end] != '\t') {
-				break
-			}
-		}
-		field := buf[pos:end]
-		if colon := bytes.IndexByte(field, ':'); colon > 0 {
-			if drop(bytes.TrimRight(field[:colon], " \t"), field[colon+1:]) {
-				dropped = append(dropped, span{pos, end})
-			}
-		}
-		pos = end
-	}
+	fields, pos, complete := splitFields(buf)
 	if !complete && int64(len(buf)) < m.size {
 		return errHeaderTooLarge
+	}
+	var dropped []span
+	for _, f := range fields {
+		field := buf[f.from:f.to]
+		if colon := bytes.IndexByte(field, ':'); colon > 0 {
+			if drop(bytes.TrimRight(field[:colon], " \t"), field[colon+1:]) {
+				dropped = append(dropped, f)
+			}
+		}
 	}
 	if len(dropped) == 0 {
 		return nil
@@ -222,6 +203,37 @@ func (m *Message) removeHeaderFields(drop func(name, value []byte) bool) error {
 	m.head = append(m.head, buf[prev:pos]...)
 	m.skip = int64(pos)
 	return nil
+}
+
+// span is a field's place in a header section: buf[from:to], its CRLF
+// included.
+type span struct{ from, to int }
+
+// splitFields splits a header section into its fields: a field runs to a
+// CRLF not followed by white space. It stops at the empty line that ends
+// the section (complete) or at the end of buf; end is where it stopped.
+func splitFields(buf []byte) (fields []span, end int, complete bool) {
+	pos := 0
+	for pos < len(buf) {
+		if bytes.HasPrefix(buf[pos:], []byte("\r\n")) {
+			return fields, pos, true
+		}
+		end := pos
+		for {
+			i := bytes.Index(buf[end:], []byte("\r\n"))
+			if i < 0 {
+				end = len(buf)
+				break
+			}
+			end += i + 2
+			if end >= len(buf) || (buf[end] != ' ' && buf[end] != '\t') {
+				break
+			}
+		}
+		fields = append(fields, span{pos, end})
+		pos = end
+	}
+	return fields, pos, false
 }
 
 // Discard frees the message's resources.

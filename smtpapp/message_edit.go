@@ -37,26 +37,9 @@ func (m *Message) headerSection() (fields [][]byte, end int, err error) {
 	if _, err := io.ReadFull(m.Body(), buf); err != nil {
 		return nil, 0, err
 	}
-	pos, complete := 0, false
-	for pos < len(buf) {
-		if bytes.HasPrefix(buf[pos:], []byte("\r\n")) {
-			complete = true
-			break
-		}
-		end := pos
-		for {
-			i := bytes.Index(buf[end:], []byte("\r\n"))
-			if i < 0 {
-				end = len(buf)
-				break
-			}
-			end += i + 2
-			if end >= len(buf) || (buf[end] != ' ' && buf[end] != '\t') {
-				break
-			}
-		}
-		fields = append(fields, buf[pos:end])
-		pos = end
+	spans, pos, complete := splitFields(buf)
+	for _, f := range spans {
+		fields = append(fields, buf[f.from:f.to])
 	}
 	if !complete && int64(len(buf)) < m.Size() {
 		return nil, 0, errHeaderTooLarge
