@@ -126,6 +126,9 @@ type engine struct {
 	// rpt counts TLS sessions for the TLS reports (kept across reloads).
 	rpt        *tlsrpt.Counter
 	reportDone chan struct{}
+	// outbox keeps the built reports until they are delivered.
+	outbox   *tlsrpt.Outbox
+	reportMu sync.Mutex // one report run at a time (loop, admin API)
 }
 
 var errClosed = errors.New("the outbound queue is shutting down")
@@ -150,6 +153,7 @@ func openEngine(path string, s *settings) (*engine, error) {
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.rpt = &tlsrpt.Counter{Storage: s.storage, Key: "smtp/tlsrpt/" + s.hostname + "/counts.json"}
+	e.outbox = &tlsrpt.Outbox{Storage: s.storage, Prefix: "smtp/tlsrpt/" + s.hostname + "/pending"}
 	if err := e.rpt.Load(e.ctx); err != nil {
 		s.logger.Warn("reading the saved TLS report counts", zap.Error(err))
 	}

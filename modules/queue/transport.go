@@ -77,6 +77,11 @@ type TLSReportsConfig struct {
 	// CAFile is a PEM file of root certificates trusted for https: report
 	// addresses in addition to the system's.
 	CAFile string `json:"ca_file,omitempty"`
+	// GiveUp is how long a report that could not be delivered (an https:
+	// address that fails, a _smtp._tls lookup that fails) is kept in
+	// storage and retried, with growing delays, before it is dropped
+	// (RFC 8460 lets reports be dropped). Default: 72h.
+	GiveUp caddy.Duration `json:"give_up,omitempty"`
 }
 
 // DestinationPolicy overrides the transport security of some destination
@@ -105,6 +110,7 @@ type transportSettings struct {
 
 type reportSettings struct {
 	interval time.Duration
+	giveUp   time.Duration
 	org      string
 	contact  string
 	from     string
@@ -166,8 +172,8 @@ func (q *Queue) provisionTransport(ctx caddy.Context, s *settings) (transportSet
 		if c == nil {
 			c = &TLSReportsConfig{}
 		}
-		rs := &reportSettings{interval: 24 * time.Hour, org: c.OrganizationName, contact: c.ContactInfo, from: c.From}
-		if err := setDurations(durationField{"interval", c.Interval, &rs.interval}); err != nil {
+		rs := &reportSettings{interval: 24 * time.Hour, giveUp: 72 * time.Hour, org: c.OrganizationName, contact: c.ContactInfo, from: c.From}
+		if err := setDurations(durationField{"interval", c.Interval, &rs.interval}, durationField{"give_up", c.GiveUp, &rs.giveUp}); err != nil {
 			return ts, fieldErr("tls_reports", err)
 		}
 		if rs.org == "" {

@@ -400,3 +400,104 @@ func checkReport(t *testing.T, via string, b []byte) {
 		t.Errorf("%s: failure-details: %+v", via, p.Failures)
 	}
 }
+
+// A report whose https: rua fails is kept in storage (across a restart)
+// and POSTed on the next send; its mailto: copy is not sent again. A
+// report that keeps failing is dropped after give_up.
+func TestTLSReportKeptUntilSent(t *testing.T) {
+	w := newTLSWorld(t)
+	w.sts("report.example", "1", "testing", "*.report.example")
+	w.mxAt("report.example", "a.report.example", "127.0.0.4")
+	var mu sync.Mutex
+	var posted [][]byte
+	fails := 1
+	rua := testenv.StartHTTPS(t, "127.0.0.7:0", w.ca.Issue("rua.reports.example"), http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		if fails > 0 {
+			fails--
+			http.Error(rw, "try later", http.StatusServiceUnavailable)
+			return
+		}
+		posted = append(posted, b)
+	}))
+	https := fmt.Sprintf("https://rua.reports.example:%d/report", rua.Port)
+	w.dns.Add(t,
+		fmt.Sprintf(`_smtp._tls.report.example. 300 IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@reports.example,%s"`, https),
+		"rua.reports.example. 300 IN A 127.0.0.7",
+	)
+	w.mxAt("reports.example", "mx.reports.example", "127.0.0.4")
+	w.load()
+	w.send("alice@example.test", []string{"bob@report.example"}, message("report 1", "bob@report.example"))
+	waitReceived(t, w.good, "bob@report.example")
+	w.mxAt("report.example", "b.report.example", "127.0.0.5")
+	w.send("alice@example.test", []string{"carol@report.example"}, message("report 2", "carol@report.example"))
+	waitReceived(t, w.bad, "carol@report.example")
+	w.waitEmpty(5 * time.Second)
+
+	var sent []queue.ReportResult
+	if code := w.api("POST", "/smtp/tls-reports/send", &sent); code != 200 || len(sent) != 1 ||
+		len(sent[0].Sent) != 1 || !strings.HasPrefix(sent[0].Sent[0], "mailto:") ||
+		len(sent[0].Pending) != 1 || sent[0].Pending[0] != https {
+		t.Fatalf("first send: %d %+v", code, sent)
+	}
+	id := sent[0].ID
+	waitReceived(t, w.good, "tlsrpt@reports.example")
+	w.waitEmpty(5 * time.Second)
+
+	caddy.Stop() // the pending report is in storage, not in memory
+	w.load()
+	sent = nil
+	if code := w.api("POST", "/smtp/tls-reports/send", &sent); code != 200 || len(sent) != 1 || sent[0].ID != id ||
+		len(sent[0].Sent) != 1 || sent[0].Sent[0] != https || len(sent[0].Pending) != 0 {
+		t.Fatalf("second send: %d %+v", code, sent)
+	}
+	mu.Lock()
+	if len(posted) != 1 {
+		t.Fatalf("HTTPS rua: %d reports", len(posted))
+	}
+	checkReport(t, "https", gunzip(t, posted[0]))
+	mu.Unlock()
+	sent = nil
+	if code := w.api("POST", "/smtp/tls-reports/send", &sent); code != 200 || len(sent) != 0 {
+		t.Fatalf("third send (nothing left): %d %+v", code, sent)
+	}
+	time.Sleep(300 * time.Millisecond) // a second mailed copy would be at the MX by now
+	n := 0
+	for _, m := range w.good.Messages() {
+		for _, to := range m.To {
+			if to == "tlsrpt@reports.example" {
+				n++
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("mailto rua got %d reports, want 1", n)
+	}
+
+	// give_up: an endpoint that always fails.
+	caddy.Stop()
+	w.queue["tls_reports"].(map[string]any)["give_up"] = "1s"
+	w.load()
+	mu.Lock()
+	fails = 1000
+	mu.Unlock()
+	w.send("alice@example.test", []string{"dave@report.example"}, message("report 3", "dave@report.example"))
+	waitReceived(t, w.bad, "dave@report.example")
+	w.waitEmpty(5 * time.Second)
+	sent = nil
+	if code := w.api("POST", "/smtp/tls-reports/send", &sent); code != 200 || len(sent) != 1 || len(sent[0].Pending) != 1 {
+		t.Fatalf("give_up, first send: %d %+v", code, sent)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	sent = nil
+	if code := w.api("POST", "/smtp/tls-reports/send", &sent); code != 200 || len(sent) != 1 ||
+		len(sent[0].Dropped) != 1 || sent[0].Dropped[0] != https || len(sent[0].Sent) != 0 {
+		t.Fatalf("give_up, second send: %d %+v", code, sent)
+	}
+	sent = nil
+	if code := w.api("POST", "/smtp/tls-reports/send", &sent); code != 200 || len(sent) != 0 {
+		t.Fatalf("give_up, third send: %d %+v", code, sent)
+	}
+}
