@@ -54,18 +54,7 @@ func newTLSWorld(t testing.TB) *tlsWorld {
 	w.bad = testenv.StartMX(t, fmt.Sprintf("127.0.0.5:%d", h.port), testenv.MXOptions{TLS: badTLS, Host: "wrong.example.net"})
 	w.https = testenv.StartHTTPS(t, "127.0.0.6:0", w.ca.Issue("mta-sts.policy.example", "mta-sts.rogue.example",
 		"mta-sts.wrongcert.example", "mta-sts.testing.example", "mta-sts.report.example"),
-		http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-			domain := strings.TrimPrefix(strings.Split(r.Host, ":")[0], "mta-sts.")
-			w.mu.Lock()
-			p, ok := w.policies[domain]
-			w.mu.Unlock()
-			if !ok || r.URL.Path != "/.well-known/mta-sts.txt" {
-				http.NotFound(rw, r)
-				return
-			}
-			rw.Header().Set("Content-Type", "text/plain")
-			io.WriteString(rw, p)
-		}))
+		http.HandlerFunc(w.servePolicy))
 	w.sec = testenv.StartDNSSEC(t, h.dns)
 	caFile := w.ca.WriteFile(h.env.Dir)
 	h.queue["tls"] = map[string]any{"ca_file": caFile}
@@ -73,6 +62,20 @@ func newTLSWorld(t testing.TB) *tlsWorld {
 	h.queue["tls_reports"] = map[string]any{"ca_file": caFile, "organization_name": "Test Org", "contact_info": "tls@example.test"}
 	h.queue["dane"] = map[string]any{"resolver": w.sec.Addr}
 	return w
+}
+
+// servePolicy serves the policies published by sts, by Host.
+func (w *tlsWorld) servePolicy(rw http.ResponseWriter, r *http.Request) {
+	domain := strings.TrimPrefix(strings.Split(r.Host, ":")[0], "mta-sts.")
+	w.mu.Lock()
+	p, ok := w.policies[domain]
+	w.mu.Unlock()
+	if !ok || r.URL.Path != "/.well-known/mta-sts.txt" {
+		http.NotFound(rw, r)
+		return
+	}
+	rw.Header().Set("Content-Type", "text/plain")
+	io.WriteString(rw, p)
 }
 
 // sts publishes an MTA-STS policy for domain.
