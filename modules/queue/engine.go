@@ -153,6 +153,9 @@ func openEngine(path string, s *settings) (*engine, error) {
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.rpt = &tlsrpt.Counter{Storage: s.storage, Key: "smtp/tlsrpt/" + s.hostname + "/counts.json"}
+	if rs := s.transport.reports; rs != nil {
+		e.rpt.SetAlign(rs.align)
+	}
 	e.outbox = &tlsrpt.Outbox{Storage: s.storage, Prefix: "smtp/tlsrpt/" + s.hostname + "/pending"}
 	if err := e.rpt.Load(e.ctx); err != nil {
 		s.logger.Warn("reading the saved TLS report counts", zap.Error(err))
@@ -246,6 +249,9 @@ func (e *engine) attach(q *Queue) {
 	e.owners = append(e.owners, q)
 	e.capWaitsLocked(q.s)
 	e.mu.Unlock()
+	if rs := q.s.transport.reports; rs != nil {
+		e.rpt.SetAlign(rs.align)
+	}
 	e.kick()
 }
 

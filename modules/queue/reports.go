@@ -16,16 +16,21 @@ import (
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
-// reportLoop sends the TLS reports every interval, retries the reports
-// not yet delivered when they are due, and saves the counts to storage
-// every countsSaveInterval, until the engine stops.
+// reportLoop sends the TLS reports of each period once it ends (aligned
+// periods: at their UTC boundary; others: every interval), retries the
+// reports not yet delivered when they are due, and saves the counts to
+// storage every countsSaveInterval, until the engine stops.
 func (e *engine) reportLoop() {
 	defer close(e.reportDone)
 	last := time.Now()
 	for {
 		wait := countsSaveInterval
 		if rs := e.settings().transport.reports; rs != nil {
-			wait = min(wait, max(rs.interval-time.Since(last), time.Second))
+			next := last.Add(rs.interval)
+			if rs.align > 0 {
+				next = time.Now().Truncate(rs.align).Add(rs.align)
+			}
+			wait = min(wait, max(time.Until(next), time.Second))
 		}
 		select {
 		case <-e.stop:
@@ -34,15 +39,25 @@ func (e *engine) reportLoop() {
 			e.saveCounts()
 			s := e.settings()
 			if rs := s.transport.reports; rs != nil {
-				newPeriod := time.Since(last) >= rs.interval
-				if newPeriod {
-					last = time.Now()
+				take := takeNone
+				switch {
+				case rs.align > 0:
+					take = takeEnded
+				case time.Since(last) >= rs.interval:
+					take, last = takeAll, time.Now()
 				}
-				e.sendReports(e.ctx, newPeriod, false)
+				e.sendReports(e.ctx, take, false)
 			}
 		}
 	}
 }
+
+// What sendReports makes reports of.
+const (
+	takeNone  = iota // none: only retry the reports kept
+	takeEnded        // the periods that ended
+	takeAll          // all periods, the current one ending now
+)
 
 // countsSaveInterval is how often the TLS report counts go to storage
 // (and undelivered reports are looked at).
@@ -73,7 +88,7 @@ type ReportResult struct {
 // addresses of its domain's _smtp._tls record: mailto: through this
 // queue, https: by POST.
 func (e *engine) SendTLSReports(ctx context.Context) []ReportResult {
-	return e.sendReports(ctx, true, true)
+	return e.sendReports(ctx, takeAll, true)
 }
 
 // reportBackoff is the wait before the next try of a report that failed
@@ -85,13 +100,13 @@ func reportBackoff(attempts int) time.Duration {
 	return min(5*time.Minute<<max(attempts-1, 0), 6*time.Hour)
 }
 
-// sendReports builds the reports of the period that ends now (newPeriod)
-// and keeps them in storage, then delivers the reports kept there that
+// sendReports builds the reports of the periods taken (see take*) and
+// keeps them in storage, then delivers the reports kept there that
 // are due (all of them with force). A report is kept per domain and
 // address until it is delivered: an HTTPS POST answered 2xx, or a
 // message in the queue's spool for mailto:. Those that fail are tried
 // again with growing delays and dropped after give_up.
-func (e *engine) sendReports(ctx context.Context, newPeriod, force bool) []ReportResult {
+func (e *engine) sendReports(ctx context.Context, take int, force bool) []ReportResult {
 	s := e.settings()
 	rs := s.transport.reports
 	if rs == nil {
@@ -111,9 +126,9 @@ func (e *engine) sendReports(ctx context.Context, newPeriod, force bool) []Repor
 		}
 		return r
 	}
-	if newPeriod {
-		if period := e.rpt.Take(); period != nil {
-			for domain, r := range period.ByDomain(rs.org, rs.contact, newID()+"@"+s.hostname, now) {
+	if take != takeNone {
+		for _, period := range e.rpt.Take(now, take == takeAll) {
+			for domain, r := range period.ByDomain(rs.org, rs.contact, newID()+"@"+s.hostname) {
 				p := &tlsrpt.Pending{Domain: domain, Report: r, Created: now, NextTry: now}
 				if err := e.outbox.Put(ctx, p); err != nil {
 					// Not kept: try it now all the same.

@@ -65,7 +65,12 @@ type DANEConfig struct {
 type TLSReportsConfig struct {
 	// Disable counts nothing and sends no report.
 	Disable bool `json:"disable,omitempty"`
-	// Interval between reports. Default: 24h.
+	// Interval is the reporting period. Default: 24h, which reports
+	// whole UTC days (RFC 8460 4.1): each report covers 00:00 to 00:00
+	// UTC and is sent shortly after midnight UTC. Any whole number of
+	// hours that divides a day (1h, 6h, 12h...) or of days is aligned to
+	// UTC the same way; other intervals (tests) run from one send to the
+	// next.
 	Interval caddy.Duration `json:"interval,omitempty"`
 	// OrganizationName in the reports. Default: the queue's hostname.
 	OrganizationName string `json:"organization_name,omitempty"`
@@ -110,6 +115,7 @@ type transportSettings struct {
 
 type reportSettings struct {
 	interval time.Duration
+	align    time.Duration // periods aligned to UTC (0: from one send to the next)
 	giveUp   time.Duration
 	org      string
 	contact  string
@@ -123,6 +129,8 @@ type destSettings struct {
 	noSTS    bool
 	noDANE   bool
 }
+
+const day = 24 * time.Hour
 
 // provisionTransport checks the transport security config.
 func (q *Queue) provisionTransport(ctx caddy.Context, s *settings) (transportSettings, error) {
@@ -175,6 +183,9 @@ func (q *Queue) provisionTransport(ctx caddy.Context, s *settings) (transportSet
 		rs := &reportSettings{interval: 24 * time.Hour, giveUp: 72 * time.Hour, org: c.OrganizationName, contact: c.ContactInfo, from: c.From}
 		if err := setDurations(durationField{"interval", c.Interval, &rs.interval}, durationField{"give_up", c.GiveUp, &rs.giveUp}); err != nil {
 			return ts, fieldErr("tls_reports", err)
+		}
+		if rs.interval%time.Hour == 0 && (day%rs.interval == 0 || rs.interval%day == 0) {
+			rs.align = rs.interval
 		}
 		if rs.org == "" {
 			rs.org = s.hostname

@@ -390,6 +390,9 @@ func checkReport(t *testing.T, via string, b []byte) {
 		len(r.Policies) != 1:
 		t.Fatalf("%s: report header fields: %s", via, b)
 	}
+	if s := r.DateRange.Start; !s.Equal(s.Truncate(24 * time.Hour)) {
+		t.Errorf("%s: the period (interval 24h) starts at %v, not at midnight UTC", via, s)
+	}
 	p := r.Policies[0]
 	if p.Policy.Type != "sts" || p.Policy.Domain != "report.example" || len(p.Policy.String) == 0 || p.Policy.String[0] != "version: STSv1" ||
 		len(p.Policy.MXHost) != 1 || p.Policy.MXHost[0] != "*.report.example" {
