@@ -698,6 +698,8 @@ type EntryInfo struct {
 	InFlight   bool       `json:"in_flight,omitempty"`
 	DSN        bool       `json:"dsn,omitempty"`
 	DKIM       string     `json:"dkim,omitempty"`
+	// RequireTLS: the message must be relayed with REQUIRETLS (RFC 8689).
+	RequireTLS bool `json:"require_tls,omitempty"`
 }
 
 // RcptInfo is one recipient of a queued message.
@@ -749,7 +751,7 @@ func (e *engine) Info(id string) (EntryInfo, bool) {
 func (e *engine) infoLocked(ent *entry) EntryInfo {
 	info := EntryInfo{
 		ID: ent.rec.ID, Spool: e.sp.root, Sender: ent.rec.From, Queued: ent.rec.Queued,
-		Size: ent.size, DSN: ent.rec.DSN, DKIM: ent.rec.DKIM,
+		Size: ent.size, DSN: ent.rec.DSN, DKIM: ent.rec.DKIM, RequireTLS: ent.rec.RequireTLS,
 	}
 	next := map[string]time.Time{}
 	for _, t := range ent.tasks {

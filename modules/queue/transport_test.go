@@ -27,7 +27,7 @@ import (
 
 // tlsWorld adds to a harness a test CA, two MX hosts with STARTTLS
 // (127.0.0.4 "good", whose certificate names every *.good host used
-// below; 127.0.0.5 "bad", with a certificate for wrong.example.net), an
+// below, and which offers REQUIRETLS; 127.0.0.5 "bad", with a certificate for wrong.example.net), an
 // HTTPS server on 127.0.0.6 serving MTA-STS policies by Host, and a
 // DNSSEC-validating front of the test DNS.
 type tlsWorld struct {
@@ -50,7 +50,7 @@ func newTLSWorld(t testing.TB) *tlsWorld {
 	goodTLS := w.ca.Issue(goodNames...)
 	badTLS := w.ca.Issue("wrong.example.net")
 	w.badLeaf = badTLS.Certificates[0].Leaf
-	w.good = testenv.StartMX(t, fmt.Sprintf("127.0.0.4:%d", h.port), testenv.MXOptions{TLS: goodTLS, Host: "mx.policy.example"})
+	w.good = testenv.StartMX(t, fmt.Sprintf("127.0.0.4:%d", h.port), testenv.MXOptions{TLS: goodTLS, Host: "mx.policy.example", RequireTLS: true})
 	w.bad = testenv.StartMX(t, fmt.Sprintf("127.0.0.5:%d", h.port), testenv.MXOptions{TLS: badTLS, Host: "wrong.example.net"})
 	w.https = testenv.StartHTTPS(t, "127.0.0.6:0", w.ca.Issue("mta-sts.policy.example", "mta-sts.rogue.example",
 		"mta-sts.wrongcert.example", "mta-sts.testing.example", "mta-sts.report.example"),
@@ -505,5 +505,57 @@ func TestTLSReportKeptUntilSent(t *testing.T) {
 	sent = nil
 	if code := w.api("POST", "/smtp/tls-reports/send", &sent); code != 200 || len(sent) != 0 {
 		t.Fatalf("give_up, third send: %d %+v", code, sent)
+	}
+}
+
+// REQUIRETLS (RFC 8689), queue side: a flagged message goes to an MX
+// validated by MTA-STS with REQUIRETLS on MAIL FROM; it is bounced
+// (5.7.30) when no policy validates the MX or the MX lacks REQUIRETLS
+// (even with matching DANE records), and waits when the certificate does
+// not match a testing policy (enforced for it).
+func TestRequireTLSQueueSide(t *testing.T) {
+	w := newTLSWorld(t)
+	w.sts("policy.example", "1", "enforce", "mx.policy.example")
+	w.mxAt("policy.example", "mx.policy.example", "127.0.0.4")
+	w.sts("testing.example", "1", "testing", "mx.testing.example")
+	w.mxAt("testing.example", "mx.testing.example", "127.0.0.5")
+	w.mxAt("match.dane", "mx.match.dane", "127.0.0.5")
+	w.dns.Add(t, dane.Record("mx.match.dane", w.port, 3, 1, 1, w.badLeaf))
+	w.load()
+	path := w.queue["path"].(string)
+	for _, to := range []string{"bob@policy.example", "bob@testing.example", "bob@match.dane", "bob@example.org"} {
+		if _, err := queue.EnqueueRequireTLS(path, "alice@example.test", []string{to}, message("requiretls "+to, to)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := waitReceived(t, w.good, "bob@policy.example")
+	if !m.TLS || !m.RequireTLS {
+		t.Errorf("policy.example: TLS %v, REQUIRETLS %v", m.TLS, m.RequireTLS)
+	}
+	r := w.waitDeferred("bob@testing.example")
+	if r.DeferReason != "certificate-host-mismatch" {
+		t.Errorf("testing.example: %+v", r)
+	}
+	for _, e := range w.list() {
+		if !e.RequireTLS {
+			t.Errorf("admin API: %s lacks require_tls", e.ID)
+		}
+	}
+	var bounces [][]byte
+	testenv.WaitFor(10*time.Second, func() bool { bounces = w.aliceMail(); return len(bounces) >= 2 })
+	if len(bounces) != 2 {
+		t.Fatalf("want 2 bounces, got %d", len(bounces))
+	}
+	all := string(bytes.Join(bounces, nil))
+	for _, want := range []string{"Final-Recipient: rfc822; bob@example.org", "Final-Recipient: rfc822; bob@match.dane",
+		"Status: 5.7.30", "does not support REQUIRETLS", "no DANE records or MTA-STS policy validate mx1.example.org"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("bounces lack %q:\n%s", want, all)
+		}
+	}
+	for _, mx := range []*testenv.MX{w.bad, w.mx["127.0.0.2"]} {
+		for _, m := range mx.Messages() {
+			t.Errorf("%s got a REQUIRETLS message for %v", mx.Addr, m.To)
+		}
 	}
 }
