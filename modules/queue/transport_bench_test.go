@@ -66,3 +66,49 @@ func BenchmarkMTASTSLatency(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkMTASTSLatencyPaired alternates, in one world, a message to a
+// domain without policy and one to a domain with a cached enforce policy
+// (same MX host), so that the load of a shared machine weighs on both
+// alike; it reports the mean latency of each and their difference.
+//
+//	go test -run '^$' -bench MTASTSLatencyPaired -benchtime 200x -count 5 ./modules/queue/
+func BenchmarkMTASTSLatencyPaired(b *testing.B) {
+	w := newTLSWorld(b)
+	delete(w.queue, "dane")
+	w.queue["dkim"] = map[string]any{"disable": true}
+	w.mxAt("policy.example", "mx.policy.example", "127.0.0.4")
+	w.dns.Add(b, "plain.example. 300 IN MX 10 mx.policy.example.")
+	w.sts("policy.example", "1", "enforce", "mx.policy.example")
+	w.load()
+	send := func(to string) time.Duration {
+		start := time.Now()
+		w.send("alice@example.test", []string{to}, message("bench", to))
+		deadline := start.Add(10 * time.Second)
+		for {
+			if _, ok := received(w.good, to); ok {
+				return time.Since(start)
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("%s not delivered", to)
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}
+	send("warm@plain.example")
+	send("warm@policy.example")
+	var plain, cached time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		if i%2 == 0 { // alternate which goes first
+			plain += send(fmt.Sprintf("r%d@plain.example", i))
+			cached += send(fmt.Sprintf("r%d@policy.example", i))
+		} else {
+			cached += send(fmt.Sprintf("r%d@policy.example", i))
+			plain += send(fmt.Sprintf("r%d@plain.example", i))
+		}
+	}
+	b.ReportMetric(float64(plain.Microseconds())/float64(b.N), "us-no-policy/op")
+	b.ReportMetric(float64(cached.Microseconds())/float64(b.N), "us-cached/op")
+	b.ReportMetric(float64((cached-plain).Microseconds())/float64(b.N), "us-added/op")
+}
