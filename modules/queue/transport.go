@@ -45,7 +45,9 @@ type MTASTSConfig struct {
 	FetchTimeout caddy.Duration `json:"fetch_timeout,omitempty"`
 	// CheckInterval is how long a cached policy (or the absence of one) is
 	// trusted before the _mta-sts TXT record is looked up again to notice
-	// a new policy id. Default: 10m.
+	// a new policy id. For a cached policy that lookup (and the fetch of a
+	// new policy) runs in the background: deliveries use the cached
+	// policy meanwhile and never wait for DNS or HTTPS. Default: 10m.
 	CheckInterval caddy.Duration `json:"check_interval,omitempty"`
 }
 
