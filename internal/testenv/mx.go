@@ -48,13 +48,15 @@ type MX struct {
 
 // MXMessage is one accepted transaction.
 type MXMessage struct {
-	From     string
-	To       []string
-	Data     []byte
-	TLS      bool
-	Helo     string
-	AuthUser string
-	At       time.Time
+	From string
+	To   []string
+	Data []byte
+	TLS  bool
+	Helo string
+	// RequireTLS: MAIL FROM carried REQUIRETLS (RFC 8689).
+	RequireTLS bool
+	AuthUser   string
+	At         time.Time
 }
 
 // MXOptions configure a test MX.
@@ -68,6 +70,8 @@ type MXOptions struct {
 	AuthUser, AuthPass string
 	// ImplicitTLS makes the listener speak TLS from the first byte (needs TLS).
 	ImplicitTLS bool
+	// RequireTLS offers REQUIRETLS (RFC 8689) after STARTTLS.
+	RequireTLS bool
 }
 
 // StartMX starts a test MX listening on addr (ip:port; port 0 picks one).
@@ -137,6 +141,7 @@ func startMX(t testing.TB, addr string, opts MXOptions) (*MX, error) {
 	s.MaxMessageBytes = 32 << 20
 	s.MaxRecipients = 1000
 	s.ErrorLog = nopLogger{}
+	s.EnableREQUIRETLS = opts.RequireTLS
 	if !opts.ImplicitTLS {
 		s.TLSConfig = opts.TLS
 	}
@@ -244,6 +249,8 @@ type mxSession struct {
 	from     string
 	to       []string
 	inTx     bool
+	// requireTLS: the current MAIL FROM carried REQUIRETLS.
+	requireTLS bool
 }
 
 func (s *mxSession) beginTx() {
@@ -301,11 +308,12 @@ func (s *mxSession) Logout() error {
 	return nil
 }
 
-func (s *mxSession) Mail(from string, _ *smtp.MailOptions) error {
+func (s *mxSession) Mail(from string, opts *smtp.MailOptions) error {
 	if s.opts.AuthUser != "" && s.authUser == "" {
 		return smtp.ErrAuthRequired
 	}
 	s.from = from
+	s.requireTLS = opts != nil && opts.RequireTLS
 	s.beginTx()
 	return nil
 }
@@ -347,7 +355,7 @@ func (s *mxSession) Data(r io.Reader) error {
 	}
 	m.mu.Lock()
 	m.msgs = append(m.msgs, MXMessage{From: s.from, To: append([]string(nil), s.to...), Data: data,
-		TLS: s.tls, Helo: s.helo, AuthUser: s.authUser, At: time.Now()})
+		TLS: s.tls, Helo: s.helo, AuthUser: s.authUser, RequireTLS: s.requireTLS, At: time.Now()})
 	close(m.changed)
 	m.changed = make(chan struct{})
 	m.mu.Unlock()

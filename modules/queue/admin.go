@@ -24,7 +24,8 @@ func init() {
 //	DELETE /smtp/queue/<id>         delete an entry (no bounce is sent)
 //	GET    /smtp/dkim               the DKIM DNS records to publish
 //	GET    /smtp/tls-reports        the TLS report counts of the current period
-//	POST   /smtp/tls-reports/send   end the period and send the TLS reports now
+//	POST   /smtp/tls-reports/send   end the period and send the TLS reports now, with
+//	                                every report kept from earlier failed tries
 type AdminAPI struct{}
 
 // CaddyModule returns the Caddy module information.

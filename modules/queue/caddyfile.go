@@ -62,6 +62,7 @@ import (
 //			contact_info <text>
 //			from <address>
 //			ca_file <pem file>
+//			give_up <duration>
 //		}
 //		destination <domain|*.domain>... {
 //			tls off|opportunistic|require|verify
@@ -388,6 +389,8 @@ func (c *TLSReportsConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneArg(d, &c.From)
 		case "ca_file":
 			err = oneArg(d, &c.CAFile)
+		case "give_up":
+			c.GiveUp, err = caddyargs.Duration(d)
 		default:
 			return d.Errf("unrecognized tls_reports option %q", f)
 		}

@@ -187,6 +187,7 @@ func TestCaddyfileTransportSecurity(t *testing.T) {
 				contact_info tls@example.test
 				from reports@example.test
 				ca_file /etc/ssl/test-ca.pem
+				give_up 48h
 			}
 			destination partner.example *.partner.example {
 				tls verify
@@ -206,7 +207,7 @@ func TestCaddyfileTransportSecurity(t *testing.T) {
 	want := `{"dane":{"resolver":"127.0.0.1:53","timeout":2000000000},` +
 		`"destinations":[{"disable_dane":true,"disable_mta_sts":true,"domains":["partner.example","*.partner.example"],"tls":"verify"},{"domains":["legacy.example"],"tls":"opportunistic"}],` +
 		`"mta_sts":{"ca_file":"/etc/ssl/test-ca.pem","check_interval":300000000000,"fetch_timeout":10000000000,"port":8443},` +
-		`"tls_reports":{"ca_file":"/etc/ssl/test-ca.pem","contact_info":"tls@example.test","from":"reports@example.test","interval":43200000000000,"organization_name":"Example Org"}}`
+		`"tls_reports":{"ca_file":"/etc/ssl/test-ca.pem","contact_info":"tls@example.test","from":"reports@example.test","give_up":172800000000000,"interval":43200000000000,"organization_name":"Example Org"}}`
 	if string(b) != want {
 		t.Errorf("adapted:\n got %s\nwant %s", b, want)
 	}

@@ -369,11 +369,15 @@ type txResult struct {
 	sent bool
 }
 
-// transaction sends one message to rcpts. An error means the connection
-// failed; what replies came are in the result.
-func (c *client) transaction(from string, rcpts []string, size int64, dataTimeout time.Duration, body func(io.Writer) error) (*txResult, error) {
+// transaction sends one message to rcpts (with requireTLS, MAIL FROM
+// carries REQUIRETLS: the caller checked the extension). An error means
+// the connection failed; what replies came are in the result.
+func (c *client) transaction(from string, rcpts []string, size int64, requireTLS bool, dataTimeout time.Duration, body func(io.Writer) error) (*txResult, error) {
 	res := &txResult{rcpts: make([]*reply, len(rcpts))}
 	mail := "MAIL FROM:<" + from + ">"
+	if requireTLS {
+		mail += " REQUIRETLS"
+	}
 	if c.has("SIZE") {
 		mail += " SIZE=" + strconv.FormatInt(size, 10)
 	}

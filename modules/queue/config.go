@@ -320,29 +320,6 @@ func (t *TLSPolicy) provision() (tlsSettings, error) {
 	return ts, nil
 }
 
-// config is the STARTTLS config for MX host. With opportunistic TLS it
-// checks the certificate only to report whether it was valid.
-func (t *tlsSettings) config(host string, verified *bool) *tls.Config {
-	cfg := &tls.Config{ServerName: host, RootCAs: t.roots}
-	if t.tlsVerify {
-		return cfg
-	}
-	cfg.InsecureSkipVerify = true
-	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) == 0 {
-			return nil
-		}
-		opts := x509.VerifyOptions{DNSName: host, Roots: t.roots, Intermediates: x509.NewCertPool()}
-		for _, c := range cs.PeerCertificates[1:] {
-			opts.Intermediates.AddCert(c)
-		}
-		_, err := cs.PeerCertificates[0].Verify(opts)
-		*verified = err == nil
-		return nil
-	}
-	return cfg
-}
-
 func loadRoots(file string) (*x509.CertPool, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {

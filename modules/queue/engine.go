@@ -126,6 +126,9 @@ type engine struct {
 	// rpt counts TLS sessions for the TLS reports (kept across reloads).
 	rpt        *tlsrpt.Counter
 	reportDone chan struct{}
+	// outbox keeps the built reports until they are delivered.
+	outbox   *tlsrpt.Outbox
+	reportMu sync.Mutex // one report run at a time (loop, admin API)
 }
 
 var errClosed = errors.New("the outbound queue is shutting down")
@@ -150,6 +153,10 @@ func openEngine(path string, s *settings) (*engine, error) {
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.rpt = &tlsrpt.Counter{Storage: s.storage, Key: "smtp/tlsrpt/" + s.hostname + "/counts.json"}
+	if rs := s.transport.reports; rs != nil {
+		e.rpt.SetAlign(rs.align)
+	}
+	e.outbox = &tlsrpt.Outbox{Storage: s.storage, Prefix: "smtp/tlsrpt/" + s.hostname + "/pending"}
 	if err := e.rpt.Load(e.ctx); err != nil {
 		s.logger.Warn("reading the saved TLS report counts", zap.Error(err))
 	}
@@ -242,6 +249,9 @@ func (e *engine) attach(q *Queue) {
 	e.owners = append(e.owners, q)
 	e.capWaitsLocked(q.s)
 	e.mu.Unlock()
+	if rs := q.s.transport.reports; rs != nil {
+		e.rpt.SetAlign(rs.align)
+	}
 	e.kick()
 }
 
@@ -688,6 +698,8 @@ type EntryInfo struct {
 	InFlight   bool       `json:"in_flight,omitempty"`
 	DSN        bool       `json:"dsn,omitempty"`
 	DKIM       string     `json:"dkim,omitempty"`
+	// RequireTLS: the message must be relayed with REQUIRETLS (RFC 8689).
+	RequireTLS bool `json:"require_tls,omitempty"`
 }
 
 // RcptInfo is one recipient of a queued message.
@@ -739,7 +751,7 @@ func (e *engine) Info(id string) (EntryInfo, bool) {
 func (e *engine) infoLocked(ent *entry) EntryInfo {
 	info := EntryInfo{
 		ID: ent.rec.ID, Spool: e.sp.root, Sender: ent.rec.From, Queued: ent.rec.Queued,
-		Size: ent.size, DSN: ent.rec.DSN, DKIM: ent.rec.DKIM,
+		Size: ent.size, DSN: ent.rec.DSN, DKIM: ent.rec.DKIM, RequireTLS: ent.rec.RequireTLS,
 	}
 	next := map[string]time.Time{}
 	for _, t := range ent.tasks {

@@ -36,7 +36,7 @@ var (
 	}, []string{"reason"})
 	metricTLSReports = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "smtp", Name: "queue_tls_reports_total",
-		Help: "TLS reports sent by method (mailto, https) and result (ok, error).",
+		Help: "TLS report deliveries by method (mailto, https; dns: the _smtp._tls lookup) and result (ok; error: kept and retried later; dropped: given up after tls_reports give_up).",
 	}, []string{"method", "result"})
 )
 

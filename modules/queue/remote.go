@@ -48,11 +48,17 @@ func (e *engine) deliverRemote(s *settings, ent *entry, domain string, idx []int
 	if s.smarthost == nil {
 		dp = e.domainPolicy(ctx, s, domain)
 	}
+	if ent.rec.RequireTLS && s.smarthost != nil && (!s.smarthost.implicitTLS && !s.smarthost.starttls || s.smarthost.tlsConfig.InsecureSkipVerify) {
+		return fill(len(idx), permErr(550, "5.7.30", "REQUIRETLS: the smarthost %s is not used with validated TLS", s.smarthost.host))
+	}
 	for _, h := range hops {
 		var hp *hostPolicy
 		if dp != nil {
 			var res *result
-			if hp, res = e.hostPolicy(ctx, s, dp, h); res != nil {
+			if hp, res = e.hostPolicy(ctx, s, dp, h); res == nil && ent.rec.RequireTLS {
+				res = requireTLSPolicy(hp, h.host, domain)
+			}
+			if res != nil {
 				s.logger.Info("MX host skipped by the TLS policy", zap.String("id", ent.rec.ID), zap.String("mx", h.host), zap.String("reason", res.text))
 				last, lookupFailed = *res, true
 				continue
@@ -91,6 +97,9 @@ func (e *engine) deliverRemote(s *settings, ent *entry, domain string, idx []int
 			s.logger.Debug("MX host failed", zap.String("id", ent.rec.ID), zap.String("mx", h.host),
 				zap.Stringer("ip", ip), zap.Error(err))
 			last = sessionErr(h.host, err)
+			if rt := (*errRequireTLS)(nil); errors.As(err, &rt) {
+				last = permErr(550, "5.7.30", "REQUIRETLS: %s", rt.msg)
+			}
 			last.withPolicy(ha.pol)
 		}
 	}
@@ -146,6 +155,33 @@ func (e *engine) sessionWithFallback(ctx context.Context, s *settings, ent *entr
 		res, err = e.session(ctx, s, ent, body, h, ip, idx, true)
 	}
 	return res, err
+}
+
+// errRequireTLS is a host that cannot take a REQUIRETLS message.
+type errRequireTLS struct{ msg string }
+
+func (e *errRequireTLS) Error() string { return "REQUIRETLS: " + e.msg }
+
+// requireTLSPolicy checks that a host may get a REQUIRETLS message (RFC
+// 8689 4.2.1): its TLS must be validated by DANE (usable TLSA records) or
+// by an MTA-STS policy it matches (a testing policy is enforced for such
+// a message). hp is tightened accordingly; a result means the host must
+// not be used (permanent: no policy to validate it).
+func requireTLSPolicy(hp *hostPolicy, host, domain string) *result {
+	switch {
+	case hp.kind == polDANE && len(hp.tlsa) > 0:
+		return nil
+	case hp.kind == polSTS || hp.kind == polSTSTesting && hp.failure == "":
+		hp.mustTLS, hp.verify = true, true
+		return nil
+	case hp.kind == polSTSTesting:
+		r := permErr(550, "5.7.30", "REQUIRETLS: %s is not an MX host of the MTA-STS policy of %s", host, domain)
+		r.policy, r.tlsFailure = hp.kind, hp.failure
+		return &r
+	}
+	r := permErr(550, "5.7.30", "REQUIRETLS: no DANE records or MTA-STS policy validate %s (TLS policy %s)", host, hp.kind)
+	r.policy = hp.kind
+	return &r
 }
 
 // maxConnTries bounds the addresses tried in one attempt.
@@ -391,6 +427,16 @@ func (s *settings) authenticate(c *client, h hop) error {
 // transact sends the message in transactions of at most max_recipients
 // and ends the session. An error means nothing was delivered on this host.
 func (e *engine) transact(s *settings, c *client, ent *entry, body io.ReaderAt, h hop, idx []int, tlsState string) ([]result, error) {
+	if ent.rec.RequireTLS {
+		switch {
+		case tlsState != "verified": // DANE matches count as verified
+			c.quit()
+			return nil, &errRequireTLS{fmt.Sprintf("%s: TLS was not validated (%s)", h.host, tlsState)}
+		case !c.has("REQUIRETLS"):
+			c.quit()
+			return nil, &errRequireTLS{h.host + " does not support REQUIRETLS"}
+		}
+	}
 	if limit, err := strconv.ParseInt(c.ext["SIZE"], 10, 64); err == nil && limit > 0 && ent.size > limit {
 		c.quit()
 		return fill(len(idx), permErr(552, "5.3.4", "message size %d exceeds the limit of %s (%d)", ent.size, h.host, limit)), nil
@@ -402,7 +448,7 @@ func (e *engine) transact(s *settings, c *client, ent *entry, body io.ReaderAt, 
 		for k, i := range batch {
 			rcpts[k] = ent.rec.Recipients[i].Address
 		}
-		tx, err := c.transaction(ent.rec.From, rcpts, ent.size, s.dataTimeout, func(w io.Writer) error {
+		tx, err := c.transaction(ent.rec.From, rcpts, ent.size, ent.rec.RequireTLS, s.dataTimeout, func(w io.Writer) error {
 			_, err := io.Copy(w, io.NewSectionReader(body, ent.bodyOff, ent.size))
 			return err
 		})

@@ -49,6 +49,10 @@ type record struct {
 	DSN bool `json:"dsn,omitempty"`
 	// DKIM is the d= of the signature added at enqueue, if any.
 	DKIM string `json:"dkim,omitempty"`
+	// RequireTLS: the message came with MAIL FROM ... REQUIRETLS (RFC
+	// 8689); it is relayed only over TLS validated by DANE or MTA-STS, to
+	// hosts that support REQUIRETLS, and never downgraded.
+	RequireTLS bool `json:"require_tls,omitempty"`
 }
 
 // Recipient status values.

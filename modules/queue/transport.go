@@ -45,7 +45,9 @@ type MTASTSConfig struct {
 	FetchTimeout caddy.Duration `json:"fetch_timeout,omitempty"`
 	// CheckInterval is how long a cached policy (or the absence of one) is
 	// trusted before the _mta-sts TXT record is looked up again to notice
-	// a new policy id. Default: 10m.
+	// a new policy id. For a cached policy that lookup (and the fetch of a
+	// new policy) runs in the background: deliveries use the cached
+	// policy meanwhile and never wait for DNS or HTTPS. Default: 10m.
 	CheckInterval caddy.Duration `json:"check_interval,omitempty"`
 }
 
@@ -65,7 +67,12 @@ type DANEConfig struct {
 type TLSReportsConfig struct {
 	// Disable counts nothing and sends no report.
 	Disable bool `json:"disable,omitempty"`
-	// Interval between reports. Default: 24h.
+	// Interval is the reporting period. Default: 24h, which reports
+	// whole UTC days (RFC 8460 4.1): each report covers 00:00 to 00:00
+	// UTC and is sent shortly after midnight UTC. Any whole number of
+	// hours that divides a day (1h, 6h, 12h...) or of days is aligned to
+	// UTC the same way; other intervals (tests) run from one send to the
+	// next.
 	Interval caddy.Duration `json:"interval,omitempty"`
 	// OrganizationName in the reports. Default: the queue's hostname.
 	OrganizationName string `json:"organization_name,omitempty"`
@@ -77,6 +84,11 @@ type TLSReportsConfig struct {
 	// CAFile is a PEM file of root certificates trusted for https: report
 	// addresses in addition to the system's.
 	CAFile string `json:"ca_file,omitempty"`
+	// GiveUp is how long a report that could not be delivered (an https:
+	// address that fails, a _smtp._tls lookup that fails) is kept in
+	// storage and retried, with growing delays, before it is dropped
+	// (RFC 8460 lets reports be dropped). Default: 72h.
+	GiveUp caddy.Duration `json:"give_up,omitempty"`
 }
 
 // DestinationPolicy overrides the transport security of some destination
@@ -105,6 +117,8 @@ type transportSettings struct {
 
 type reportSettings struct {
 	interval time.Duration
+	align    time.Duration // periods aligned to UTC (0: from one send to the next)
+	giveUp   time.Duration
 	org      string
 	contact  string
 	from     string
@@ -117,6 +131,8 @@ type destSettings struct {
 	noSTS    bool
 	noDANE   bool
 }
+
+const day = 24 * time.Hour
 
 // provisionTransport checks the transport security config.
 func (q *Queue) provisionTransport(ctx caddy.Context, s *settings) (transportSettings, error) {
@@ -166,9 +182,12 @@ func (q *Queue) provisionTransport(ctx caddy.Context, s *settings) (transportSet
 		if c == nil {
 			c = &TLSReportsConfig{}
 		}
-		rs := &reportSettings{interval: 24 * time.Hour, org: c.OrganizationName, contact: c.ContactInfo, from: c.From}
-		if err := setDurations(durationField{"interval", c.Interval, &rs.interval}); err != nil {
+		rs := &reportSettings{interval: 24 * time.Hour, giveUp: 72 * time.Hour, org: c.OrganizationName, contact: c.ContactInfo, from: c.From}
+		if err := setDurations(durationField{"interval", c.Interval, &rs.interval}, durationField{"give_up", c.GiveUp, &rs.giveUp}); err != nil {
 			return ts, fieldErr("tls_reports", err)
+		}
+		if rs.interval%time.Hour == 0 && (day%rs.interval == 0 || rs.interval%day == 0) {
+			rs.align = rs.interval
 		}
 		if rs.org == "" {
 			rs.org = s.hostname

@@ -27,7 +27,7 @@ import (
 
 // tlsWorld adds to a harness a test CA, two MX hosts with STARTTLS
 // (127.0.0.4 "good", whose certificate names every *.good host used
-// below; 127.0.0.5 "bad", with a certificate for wrong.example.net), an
+// below, and which offers REQUIRETLS; 127.0.0.5 "bad", with a certificate for wrong.example.net), an
 // HTTPS server on 127.0.0.6 serving MTA-STS policies by Host, and a
 // DNSSEC-validating front of the test DNS.
 type tlsWorld struct {
@@ -50,22 +50,11 @@ func newTLSWorld(t testing.TB) *tlsWorld {
 	goodTLS := w.ca.Issue(goodNames...)
 	badTLS := w.ca.Issue("wrong.example.net")
 	w.badLeaf = badTLS.Certificates[0].Leaf
-	w.good = testenv.StartMX(t, fmt.Sprintf("127.0.0.4:%d", h.port), testenv.MXOptions{TLS: goodTLS, Host: "mx.policy.example"})
+	w.good = testenv.StartMX(t, fmt.Sprintf("127.0.0.4:%d", h.port), testenv.MXOptions{TLS: goodTLS, Host: "mx.policy.example", RequireTLS: true})
 	w.bad = testenv.StartMX(t, fmt.Sprintf("127.0.0.5:%d", h.port), testenv.MXOptions{TLS: badTLS, Host: "wrong.example.net"})
 	w.https = testenv.StartHTTPS(t, "127.0.0.6:0", w.ca.Issue("mta-sts.policy.example", "mta-sts.rogue.example",
 		"mta-sts.wrongcert.example", "mta-sts.testing.example", "mta-sts.report.example"),
-		http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-			domain := strings.TrimPrefix(strings.Split(r.Host, ":")[0], "mta-sts.")
-			w.mu.Lock()
-			p, ok := w.policies[domain]
-			w.mu.Unlock()
-			if !ok || r.URL.Path != "/.well-known/mta-sts.txt" {
-				http.NotFound(rw, r)
-				return
-			}
-			rw.Header().Set("Content-Type", "text/plain")
-			io.WriteString(rw, p)
-		}))
+		http.HandlerFunc(w.servePolicy))
 	w.sec = testenv.StartDNSSEC(t, h.dns)
 	caFile := w.ca.WriteFile(h.env.Dir)
 	h.queue["tls"] = map[string]any{"ca_file": caFile}
@@ -73,6 +62,20 @@ func newTLSWorld(t testing.TB) *tlsWorld {
 	h.queue["tls_reports"] = map[string]any{"ca_file": caFile, "organization_name": "Test Org", "contact_info": "tls@example.test"}
 	h.queue["dane"] = map[string]any{"resolver": w.sec.Addr}
 	return w
+}
+
+// servePolicy serves the policies published by sts, by Host.
+func (w *tlsWorld) servePolicy(rw http.ResponseWriter, r *http.Request) {
+	domain := strings.TrimPrefix(strings.Split(r.Host, ":")[0], "mta-sts.")
+	w.mu.Lock()
+	p, ok := w.policies[domain]
+	w.mu.Unlock()
+	if !ok || r.URL.Path != "/.well-known/mta-sts.txt" {
+		http.NotFound(rw, r)
+		return
+	}
+	rw.Header().Set("Content-Type", "text/plain")
+	io.WriteString(rw, p)
 }
 
 // sts publishes an MTA-STS policy for domain.
@@ -387,6 +390,9 @@ func checkReport(t *testing.T, via string, b []byte) {
 		len(r.Policies) != 1:
 		t.Fatalf("%s: report header fields: %s", via, b)
 	}
+	if s := r.DateRange.Start; !s.Equal(s.Truncate(24 * time.Hour)) {
+		t.Errorf("%s: the period (interval 24h) starts at %v, not at midnight UTC", via, s)
+	}
 	p := r.Policies[0]
 	if p.Policy.Type != "sts" || p.Policy.Domain != "report.example" || len(p.Policy.String) == 0 || p.Policy.String[0] != "version: STSv1" ||
 		len(p.Policy.MXHost) != 1 || p.Policy.MXHost[0] != "*.report.example" {
@@ -398,5 +404,158 @@ func checkReport(t *testing.T, via string, b []byte) {
 	if len(p.Failures) != 1 || p.Failures[0].Type != "certificate-host-mismatch" || p.Failures[0].MX != "b.report.example" ||
 		p.Failures[0].IP != "127.0.0.5" || p.Failures[0].Count != 1 {
 		t.Errorf("%s: failure-details: %+v", via, p.Failures)
+	}
+}
+
+// A report whose https: rua fails is kept in storage (across a restart)
+// and POSTed on the next send; its mailto: copy is not sent again. A
+// report that keeps failing is dropped after give_up.
+func TestTLSReportKeptUntilSent(t *testing.T) {
+	w := newTLSWorld(t)
+	w.sts("report.example", "1", "testing", "*.report.example")
+	w.mxAt("report.example", "a.report.example", "127.0.0.4")
+	var mu sync.Mutex
+	var posted [][]byte
+	fails := 1
+	rua := testenv.StartHTTPS(t, "127.0.0.7:0", w.ca.Issue("rua.reports.example"), http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		if fails > 0 {
+			fails--
+			http.Error(rw, "try later", http.StatusServiceUnavailable)
+			return
+		}
+		posted = append(posted, b)
+	}))
+	https := fmt.Sprintf("https://rua.reports.example:%d/report", rua.Port)
+	w.dns.Add(t,
+		fmt.Sprintf(`_smtp._tls.report.example. 300 IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@reports.example,%s"`, https),
+		"rua.reports.example. 300 IN A 127.0.0.7",
+	)
+	w.mxAt("reports.example", "mx.reports.example", "127.0.0.4")
+	w.load()
+	w.send("alice@example.test", []string{"bob@report.example"}, message("report 1", "bob@report.example"))
+	waitReceived(t, w.good, "bob@report.example")
+	w.mxAt("report.example", "b.report.example", "127.0.0.5")
+	w.send("alice@example.test", []string{"carol@report.example"}, message("report 2", "carol@report.example"))
+	waitReceived(t, w.bad, "carol@report.example")
+	w.waitEmpty(5 * time.Second)
+
+	var sent []queue.ReportResult
+	if code := w.api("POST", "/smtp/tls-reports/send", &sent); code != 200 || len(sent) != 1 ||
+		len(sent[0].Sent) != 1 || !strings.HasPrefix(sent[0].Sent[0], "mailto:") ||
+		len(sent[0].Pending) != 1 || sent[0].Pending[0] != https {
+		t.Fatalf("first send: %d %+v", code, sent)
+	}
+	id := sent[0].ID
+	waitReceived(t, w.good, "tlsrpt@reports.example")
+	w.waitEmpty(5 * time.Second)
+
+	caddy.Stop() // the pending report is in storage, not in memory
+	w.load()
+	sent = nil
+	if code := w.api("POST", "/smtp/tls-reports/send", &sent); code != 200 || len(sent) != 1 || sent[0].ID != id ||
+		len(sent[0].Sent) != 1 || sent[0].Sent[0] != https || len(sent[0].Pending) != 0 {
+		t.Fatalf("second send: %d %+v", code, sent)
+	}
+	mu.Lock()
+	if len(posted) != 1 {
+		t.Fatalf("HTTPS rua: %d reports", len(posted))
+	}
+	checkReport(t, "https", gunzip(t, posted[0]))
+	mu.Unlock()
+	sent = nil
+	if code := w.api("POST", "/smtp/tls-reports/send", &sent); code != 200 || len(sent) != 0 {
+		t.Fatalf("third send (nothing left): %d %+v", code, sent)
+	}
+	time.Sleep(300 * time.Millisecond) // a second mailed copy would be at the MX by now
+	n := 0
+	for _, m := range w.good.Messages() {
+		for _, to := range m.To {
+			if to == "tlsrpt@reports.example" {
+				n++
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("mailto rua got %d reports, want 1", n)
+	}
+
+	// give_up: an endpoint that always fails.
+	caddy.Stop()
+	w.queue["tls_reports"].(map[string]any)["give_up"] = "1s"
+	w.load()
+	mu.Lock()
+	fails = 1000
+	mu.Unlock()
+	w.send("alice@example.test", []string{"dave@report.example"}, message("report 3", "dave@report.example"))
+	waitReceived(t, w.bad, "dave@report.example")
+	w.waitEmpty(5 * time.Second)
+	sent = nil
+	if code := w.api("POST", "/smtp/tls-reports/send", &sent); code != 200 || len(sent) != 1 || len(sent[0].Pending) != 1 {
+		t.Fatalf("give_up, first send: %d %+v", code, sent)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	sent = nil
+	if code := w.api("POST", "/smtp/tls-reports/send", &sent); code != 200 || len(sent) != 1 ||
+		len(sent[0].Dropped) != 1 || sent[0].Dropped[0] != https || len(sent[0].Sent) != 0 {
+		t.Fatalf("give_up, second send: %d %+v", code, sent)
+	}
+	sent = nil
+	if code := w.api("POST", "/smtp/tls-reports/send", &sent); code != 200 || len(sent) != 0 {
+		t.Fatalf("give_up, third send: %d %+v", code, sent)
+	}
+}
+
+// REQUIRETLS (RFC 8689), queue side: a flagged message goes to an MX
+// validated by MTA-STS with REQUIRETLS on MAIL FROM; it is bounced
+// (5.7.30) when no policy validates the MX or the MX lacks REQUIRETLS
+// (even with matching DANE records), and waits when the certificate does
+// not match a testing policy (enforced for it).
+func TestRequireTLSQueueSide(t *testing.T) {
+	w := newTLSWorld(t)
+	w.sts("policy.example", "1", "enforce", "mx.policy.example")
+	w.mxAt("policy.example", "mx.policy.example", "127.0.0.4")
+	w.sts("testing.example", "1", "testing", "mx.testing.example")
+	w.mxAt("testing.example", "mx.testing.example", "127.0.0.5")
+	w.mxAt("match.dane", "mx.match.dane", "127.0.0.5")
+	w.dns.Add(t, dane.Record("mx.match.dane", w.port, 3, 1, 1, w.badLeaf))
+	w.load()
+	path := w.queue["path"].(string)
+	for _, to := range []string{"bob@policy.example", "bob@testing.example", "bob@match.dane", "bob@example.org"} {
+		if _, err := queue.EnqueueRequireTLS(path, "alice@example.test", []string{to}, message("requiretls "+to, to)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := waitReceived(t, w.good, "bob@policy.example")
+	if !m.TLS || !m.RequireTLS {
+		t.Errorf("policy.example: TLS %v, REQUIRETLS %v", m.TLS, m.RequireTLS)
+	}
+	r := w.waitDeferred("bob@testing.example")
+	if r.DeferReason != "certificate-host-mismatch" {
+		t.Errorf("testing.example: %+v", r)
+	}
+	for _, e := range w.list() {
+		if !e.RequireTLS {
+			t.Errorf("admin API: %s lacks require_tls", e.ID)
+		}
+	}
+	var bounces [][]byte
+	testenv.WaitFor(10*time.Second, func() bool { bounces = w.aliceMail(); return len(bounces) >= 2 })
+	if len(bounces) != 2 {
+		t.Fatalf("want 2 bounces, got %d", len(bounces))
+	}
+	all := string(bytes.Join(bounces, nil))
+	for _, want := range []string{"Final-Recipient: rfc822; bob@example.org", "Final-Recipient: rfc822; bob@match.dane",
+		"Status: 5.7.30", "does not support REQUIRETLS", "no DANE records or MTA-STS policy validate mx1.example.org"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("bounces lack %q:\n%s", want, all)
+		}
+	}
+	for _, mx := range []*testenv.MX{w.bad, w.mx["127.0.0.2"]} {
+		for _, m := range mx.Messages() {
+			t.Errorf("%s got a REQUIRETLS message for %v", mx.Addr, m.To)
+		}
 	}
 }

@@ -28,7 +28,13 @@ type Entry struct {
 	Fetched time.Time `json:"fetched"`
 	Expires time.Time `json:"expires"`
 
-	checked time.Time // last TXT check (memory only)
+	// Memory only:
+	checked  time.Time // last TXT check
+	checking bool      // a TXT check runs in the background
+	// err and failure: why the last background check could not get the
+	// new policy, returned once by Get (to be logged and reported).
+	err     error
+	failure string
 }
 
 // Result is the policy in effect for a domain.
@@ -90,36 +96,32 @@ func (c *Cache) now() time.Time {
 	return time.Now()
 }
 
-// Get returns the policy for domain: the cached one while its TXT id is
-// unchanged, else a fresh one. A fetch that fails never replaces a cached
-// policy that has not expired (RFC 8461 5.1); a cached policy is fetched
-// again in the background once half of its max_age has passed.
+// Get returns the policy for domain: the cached one while it has not
+// expired, else a fresh one. A cached policy costs no DNS lookup, fetch
+// or storage access: once TXTCheck has passed, the TXT id is checked in
+// the background (and a new policy fetched if it changed) while the
+// cached one is used. A fetch that fails never replaces a cached policy
+// that has not expired (RFC 8461 5.1); a cached policy is fetched again
+// in the background once half of its max_age has passed.
 func (c *Cache) Get(ctx context.Context, domain string) Result {
 	domain = strings.TrimSuffix(strings.ToLower(domain), ".")
 	now := c.now()
-	ent := c.cached(ctx, domain)
-	valid := ent != nil && now.Before(ent.Expires)
-	if valid && now.Sub(c.checkedAt(ent)) < c.txtCheck() {
-		c.maybeRefresh(ent, now)
-		return Result{Policy: ent.Policy, ID: ent.ID, Cached: true}
-	}
-	if !valid && c.recentlyAbsent(domain, now) {
+	if c.recentlyAbsent(domain, now) {
 		return Result{}
 	}
+	ent := c.cached(ctx, domain)
+	if ent != nil && now.Before(ent.Expires) {
+		err, failure := c.checkInBackground(ent, now)
+		c.maybeRefresh(ent, now)
+		return Result{Policy: ent.Policy, ID: ent.ID, Cached: true, Err: err, Failure: failure}
+	}
+	// Nothing cached (or expired): the delivery waits for the lookup.
 	txts, err := c.LookupTXT(ctx, "_mta-sts."+domain)
 	if err != nil {
-		if valid {
-			return Result{Policy: ent.Policy, ID: ent.ID, Cached: true}
-		}
 		return Result{}
 	}
 	id, perr := ParseTXT(txts)
 	if perr != nil {
-		if valid {
-			// RFC 8461 5.1: a cached policy outlives its TXT record.
-			c.markChecked(ent, now)
-			return Result{Policy: ent.Policy, ID: ent.ID, Cached: true}
-		}
 		if errors.Is(perr, ErrNoRecord) {
 			c.mu.Lock()
 			if c.absent == nil {
@@ -131,21 +133,48 @@ func (c *Cache) Get(ctx context.Context, domain string) Result {
 		}
 		return Result{Err: perr, Failure: "sts-policy-invalid"}
 	}
-	if valid && id == ent.ID {
-		c.markChecked(ent, now)
-		c.maybeRefresh(ent, now)
-		return Result{Policy: ent.Policy, ID: ent.ID, Cached: true}
-	}
 	fresh, ferr := c.refetch(ctx, domain, id)
 	if ferr != nil {
-		failure := failureType(ferr)
-		if valid {
-			c.markChecked(ent, now)
-			return Result{Policy: ent.Policy, ID: ent.ID, Cached: true, Err: ferr, Failure: failure}
-		}
-		return Result{Err: ferr, Failure: failure}
+		return Result{Err: ferr, Failure: failureType(ferr)}
 	}
 	return Result{Policy: fresh.Policy, ID: fresh.ID}
+}
+
+// checkInBackground starts a TXT check of ent's domain if TXTCheck has
+// passed since the last one (and none runs), and returns (once) the error
+// of a check that could not get a new policy.
+func (c *Cache) checkInBackground(ent *Entry, now time.Time) (error, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err, failure := ent.err, ent.failure
+	ent.err, ent.failure = nil, ""
+	if ent.checking || now.Sub(ent.checked) < c.txtCheck() {
+		return err, failure
+	}
+	ent.checking = true
+	go c.check(ent)
+	return err, failure
+}
+
+// check looks up the TXT record of a cached policy's domain and fetches
+// the policy again when its id changed. A failed lookup or a record gone
+// keeps the cached policy (RFC 8461 5.1: it outlives its TXT record)
+// until the next check.
+func (c *Cache) check(ent *Entry) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var ferr error
+	if txts, err := c.LookupTXT(ctx, "_mta-sts."+ent.Domain); err == nil {
+		if id, perr := ParseTXT(txts); perr == nil && id != ent.ID {
+			_, ferr = c.refetch(ctx, ent.Domain, id)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ent.checking, ent.checked = false, c.now()
+	if ferr != nil {
+		ent.err, ent.failure = ferr, failureType(ferr)
+	}
 }
 
 // recentlyAbsent reports whether domain had no TXT record at the last
@@ -166,18 +195,6 @@ func (c *Cache) txtCheck() time.Duration {
 		return c.TXTCheck
 	}
 	return 10 * time.Minute
-}
-
-func (c *Cache) checkedAt(ent *Entry) time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return ent.checked
-}
-
-func (c *Cache) markChecked(ent *Entry, now time.Time) {
-	c.mu.Lock()
-	ent.checked = now
-	c.mu.Unlock()
 }
 
 // cached returns the domain's entry from memory, else from storage.
@@ -225,9 +242,11 @@ func (c *Cache) maybeRefresh(ent *Entry, now time.Time) {
 	}()
 }
 
-// refetch fetches and stores the policy (once at a time per domain).
+// refetch fetches and stores the policy (once at a time per domain and id).
 func (c *Cache) refetch(ctx context.Context, domain, id string) (*Entry, error) {
-	v, err, _ := c.fetch.Do(domain, func() (any, error) {
+	// Keyed by id too: a check that found a new id must not get the
+	// result of a fetch for the old one still finishing.
+	v, err, _ := c.fetch.Do(domain+" "+id, func() (any, error) {
 		p, err := c.Fetch(ctx, domain)
 		if err != nil {
 			return nil, err

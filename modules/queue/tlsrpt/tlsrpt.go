@@ -236,40 +236,90 @@ func Mail(from, to, submitter, domain string, r *Report, gz []byte, now time.Tim
 	return append(h.Bytes(), body.Bytes()...)
 }
 
-// Counter counts session results per policy for the period since Start,
-// in memory, saved to storage by Save and read back by Load.
+// Counter counts session results per policy and reporting period, in
+// memory, saved to storage by Save and read back by Load.
+//
+// With Align set, periods are aligned to UTC: a session at t counts in
+// [t.Truncate(Align), +Align), so an Align of 24h gives whole UTC days
+// (RFC 8460 4.1), and each period keeps its own counts until taken.
+// Without it, a period starts with its first session and ends when it is
+// taken.
 type Counter struct {
 	// Storage and Key: where the counts are kept (nil Storage: memory only).
 	Storage certmagic.Storage
 	Key     string
 
-	mu     sync.Mutex
-	period *Period
-	dirty  bool
+	mu      sync.Mutex
+	align   time.Duration
+	periods []*Period // oldest first
+	// cut: the end of a period taken before its aligned end (no later
+	// period starts before it).
+	cut   time.Time
+	dirty bool
 }
 
 // Period is the counts of one reporting period.
 type Period struct {
-	Start    time.Time                `json:"start"`
+	Start time.Time `json:"start"`
+	// End is the end of an aligned period (zero: open until taken).
+	End      time.Time                `json:"end,omitempty"`
 	Policies map[string]*PolicyResult `json:"policies"` // by policyKey
+}
+
+// saved is the counts as kept in storage.
+type saved struct {
+	Periods []*Period `json:"periods"`
+	Cut     time.Time `json:"cut,omitempty"`
 }
 
 func policyKey(p PolicyDesc) string {
 	return p.Domain + "\x00" + p.Type + "\x00" + strings.Join(p.String, "\n") + "\x00" + strings.Join(p.MXHost, ",")
 }
 
-// Record counts one session (fd nil: a success).
+// SetAlign sets the alignment of the periods started from now on (0:
+// none).
+func (c *Counter) SetAlign(d time.Duration) {
+	c.mu.Lock()
+	c.align = d
+	c.mu.Unlock()
+}
+
+// periodAt is the period that counts a session at now (c.mu held).
+func (c *Counter) periodAt(now time.Time) *Period {
+	if c.align <= 0 {
+		if n := len(c.periods); n > 0 && c.periods[n-1].End.IsZero() {
+			return c.periods[n-1]
+		}
+		p := &Period{Start: now, Policies: map[string]*PolicyResult{}}
+		c.periods = append(c.periods, p)
+		return p
+	}
+	start := now.Truncate(c.align)
+	end := start.Add(c.align)
+	if c.cut.After(start) && c.cut.Before(end) {
+		start = c.cut // the rest of a period taken early
+	}
+	for i := len(c.periods) - 1; i >= 0; i-- {
+		if p := c.periods[i]; p.End.IsZero() || p.Start.Equal(start) && p.End.Equal(end) {
+			return p // an unaligned period still open counts on
+		}
+	}
+	p := &Period{Start: start, End: end, Policies: map[string]*PolicyResult{}}
+	c.periods = append(c.periods, p)
+	sort.Slice(c.periods, func(i, j int) bool { return c.periods[i].Start.Before(c.periods[j].Start) })
+	return p
+}
+
+// Record counts one session (fd nil: a success) at now.
 func (c *Counter) Record(p PolicyDesc, fd *FailureDetail, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.period == nil {
-		c.period = &Period{Start: now, Policies: map[string]*PolicyResult{}}
-	}
+	period := c.periodAt(now)
 	k := policyKey(p)
-	pr := c.period.Policies[k]
+	pr := period.Policies[k]
 	if pr == nil {
 		pr = &PolicyResult{Policy: p}
-		c.period.Policies[k] = pr
+		period.Policies[k] = pr
 	}
 	c.dirty = true
 	if fd == nil {
@@ -290,30 +340,48 @@ func (c *Counter) Record(p PolicyDesc, fd *FailureDetail, now time.Time) {
 	pr.FailureDetails = append(pr.FailureDetails, n)
 }
 
-// Snapshot copies the current period (nil if nothing was counted).
+// Snapshot copies the latest period (nil if nothing was counted).
 func (c *Counter) Snapshot() *Period {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.period == nil {
+	if len(c.periods) == 0 {
 		return nil
 	}
-	b, _ := json.Marshal(c.period)
+	b, _ := json.Marshal(c.periods[len(c.periods)-1])
 	var p Period
 	json.Unmarshal(b, &p)
 	return &p
 }
 
-// Take returns the current period's counts and starts a new period.
-func (c *Counter) Take() *Period {
+// Take returns the periods that ended by now, oldest first, and forgets
+// them. With all, the periods still open end now too (a report on
+// demand; an aligned period then resumes at now). Unaligned periods are
+// always open: Take(now, false) takes them as well.
+func (c *Counter) Take(now time.Time, all bool) []*Period {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p := c.period
-	c.period = nil
-	c.dirty = true
-	return p
+	var out, keep []*Period
+	for _, p := range c.periods {
+		switch {
+		case p.End.IsZero():
+			p.End = now
+		case now.Before(p.End) && all:
+			p.End = now
+			c.cut = now
+		case now.Before(p.End):
+			keep = append(keep, p)
+			continue
+		}
+		out = append(out, p)
+	}
+	if len(out) > 0 {
+		c.periods, c.dirty = keep, true
+	}
+	return out
 }
 
-// Load reads the counts saved in storage, merging them into memory.
+// Load reads the counts saved in storage; the periods already in memory
+// win.
 func (c *Counter) Load(ctx context.Context) error {
 	if c.Storage == nil {
 		return nil
@@ -322,14 +390,26 @@ func (c *Counter) Load(ctx context.Context) error {
 	if err != nil {
 		return nil // none saved
 	}
-	var p Period
-	if err := json.Unmarshal(b, &p); err != nil {
+	var sv saved
+	if err := json.Unmarshal(b, &sv); err != nil {
 		return fmt.Errorf("%s: %v", c.Key, err)
+	}
+	if sv.Periods == nil {
+		// Before periods were kept apart: one open period.
+		var p Period
+		if json.Unmarshal(b, &p) == nil && p.Policies != nil {
+			sv.Periods = []*Period{&p}
+		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.period == nil && p.Policies != nil {
-		c.period = &p
+	if len(c.periods) == 0 {
+		for _, p := range sv.Periods {
+			if p != nil && p.Policies != nil {
+				c.periods = append(c.periods, p)
+			}
+		}
+		c.cut = sv.Cut
 	}
 	return nil
 }
@@ -345,8 +425,8 @@ func (c *Counter) Save(ctx context.Context) error {
 		return nil
 	}
 	var b []byte
-	if c.period != nil {
-		b, _ = json.Marshal(c.period)
+	if len(c.periods) > 0 {
+		b, _ = json.Marshal(saved{Periods: c.periods, Cut: c.cut})
 	}
 	c.dirty = false
 	c.mu.Unlock()
@@ -360,8 +440,9 @@ func (c *Counter) Save(ctx context.Context) error {
 	return c.Storage.Store(ctx, c.Key, b)
 }
 
-// ByDomain splits a period into one report per policy domain.
-func (p *Period) ByDomain(org, contact, idPrefix string, end time.Time) map[string]*Report {
+// ByDomain splits a taken period into one report per policy domain.
+func (p *Period) ByDomain(org, contact, idPrefix string) map[string]*Report {
+	end := p.End
 	out := map[string]*Report{}
 	keys := make([]string, 0, len(p.Policies))
 	for k := range p.Policies {

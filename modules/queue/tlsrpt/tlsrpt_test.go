@@ -1,11 +1,14 @@
 package tlsrpt
 
 import (
+	"context"
 	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/certmagic"
 )
 
 func TestParseTXT(t *testing.T) {
@@ -39,11 +42,11 @@ func TestCounterAndReport(t *testing.T) {
 	c.Record(p, &FailureDetail{ResultType: CertificateHostMismatch, ReceivingMXHostname: "mx.example.com", ReceivingIP: "192.0.2.1"}, now)
 	c.Record(p, &FailureDetail{ResultType: CertificateHostMismatch, ReceivingMXHostname: "mx.example.com", ReceivingIP: "192.0.2.1"}, now)
 	c.Record(PolicyDesc{Type: PolicyTLSA, Domain: "other.example"}, nil, now)
-	period := c.Take()
-	if c.Snapshot() != nil {
-		t.Error("Take did not start a new period")
+	periods := c.Take(now.Add(time.Hour), false)
+	if c.Snapshot() != nil || len(periods) != 1 || !periods[0].End.Equal(now.Add(time.Hour)) {
+		t.Fatalf("Take did not end the period: %+v", periods)
 	}
-	reps := period.ByDomain("Org", "ops@example.net", "id", now.Add(time.Hour))
+	reps := periods[0].ByDomain("Org", "ops@example.net", "id")
 	r := reps["example.com"]
 	if len(reps) != 2 || r == nil || len(r.Policies) != 1 {
 		t.Fatalf("reports: %+v", reps)
@@ -59,6 +62,55 @@ func TestCounterAndReport(t *testing.T) {
 		if !strings.Contains(string(b), f) {
 			t.Errorf("JSON lacks %s: %s", f, b)
 		}
+	}
+}
+
+// With a 24h alignment, periods are whole UTC days, counted apart (also
+// across a save and load) and taken once ended; a report on demand ends
+// the day early and the rest of the day is a period of its own.
+func TestCounterUTCDays(t *testing.T) {
+	st := &certmagic.FileStorage{Path: t.TempDir()}
+	c := &Counter{Storage: st, Key: "counts.json"}
+	c.SetAlign(24 * time.Hour)
+	ny := time.FixedZone("UTC-4", -4*3600)
+	day := func(d, h, m int) time.Time { return time.Date(2024, 5, d, h, m, 0, 0, time.UTC) }
+	p := PolicyDesc{Type: PolicySTS, Domain: "example.com"}
+	c.Record(p, nil, day(1, 10, 0))
+	c.Record(p, nil, day(1, 23, 59).In(ny)) // 19:59 in New York, still May 1 UTC
+	c.Record(p, &FailureDetail{ResultType: ValidationFailure}, day(2, 0, 1).In(ny))
+	if got := c.Take(day(1, 23, 59), false); len(got) != 0 {
+		t.Fatalf("taken before the day ended: %+v", got)
+	}
+	if err := c.Save(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c = &Counter{Storage: st, Key: "counts.json"} // a restart
+	c.SetAlign(24 * time.Hour)
+	if err := c.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := c.Take(day(2, 0, 0), false)
+	if len(got) != 1 || !got[0].Start.Equal(day(1, 0, 0)) || !got[0].End.Equal(day(2, 0, 0)) {
+		t.Fatalf("May 1: %+v", got)
+	}
+	r := got[0].ByDomain("Org", "c", "id")["example.com"]
+	if r.DateRange.Start != day(1, 0, 0) || r.DateRange.End != day(2, 0, 0) || r.Policies[0].Summary != (Summary{Success: 2}) {
+		t.Errorf("May 1 report: %+v", r)
+	}
+	if s := c.Snapshot(); s == nil || !s.Start.Equal(day(2, 0, 0)) || s.Policies[policyKey(p)].Summary != (Summary{Failure: 1}) {
+		t.Fatalf("May 2 so far: %+v", s)
+	}
+	// On demand at noon: May 2 until noon, then noon to midnight.
+	got = c.Take(day(2, 12, 0), true)
+	if len(got) != 1 || !got[0].Start.Equal(day(2, 0, 0)) || !got[0].End.Equal(day(2, 12, 0)) {
+		t.Fatalf("on demand: %+v", got)
+	}
+	c.Record(p, nil, day(2, 13, 0))
+	c.Record(p, nil, day(3, 1, 0))
+	got = c.Take(day(3, 0, 0), false)
+	if len(got) != 1 || !got[0].Start.Equal(day(2, 12, 0)) || !got[0].End.Equal(day(3, 0, 0)) ||
+		got[0].Policies[policyKey(p)].Summary.Success != 1 {
+		t.Fatalf("rest of May 2: %+v", got)
 	}
 }
 
