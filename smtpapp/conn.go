@@ -50,6 +50,7 @@ type Conn struct {
 	spf          *SPFResult // the transaction's SPF result (spf handler)
 	msgID        string     // the current message's ID, from DATA on
 	authMech     string     // the SASL mechanism of the last AUTH
+	requireTLS   bool       // the transaction's MAIL carried REQUIRETLS
 
 	closeOnce   sync.Once
 	releaseOnce sync.Once
@@ -246,10 +247,10 @@ func (c *Conn) SpamThresholds() (tag, reject float64) { return c.server.tagScore
 
 func (c *Conn) inTransaction() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.inMail }
 
-func (c *Conn) startTransaction(from string) {
+func (c *Conn) startTransaction(from string, requireTLS bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.from, c.inMail = from, true
+	c.from, c.inMail, c.requireTLS = from, true, requireTLS
 }
 
 func (c *Conn) addRecipient(r Recipient) {
@@ -266,6 +267,7 @@ func (c *Conn) resetTransaction() {
 	c.msgScore = Score{}
 	c.inMail = false
 	c.spf = nil
+	c.requireTLS = false
 }
 
 // resetForTLS forgets what the client said before STARTTLS (RFC 3207
@@ -298,6 +300,7 @@ func (c *Conn) envelope() *Envelope {
 		Helo:       c.helo,
 		Account:    c.account,
 		Received:   time.Now(),
+		RequireTLS: c.requireTLS,
 	}
 }
 

@@ -40,6 +40,10 @@ type Envelope struct {
 	Received time.Time `json:"received"`
 	// Junk asks the mailbox to file the message as spam.
 	Junk bool `json:"junk,omitempty"`
+	// RequireTLS: MAIL FROM carried REQUIRETLS (RFC 8689): the message may
+	// only be relayed over validated TLS (DANE or MTA-STS) to a server
+	// that offers REQUIRETLS.
+	RequireTLS bool `json:"require_tls,omitempty"`
 }
 
 // Message is an accepted message: the header fields added by the server,

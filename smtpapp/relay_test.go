@@ -134,3 +134,41 @@ func TestOutboundFailureLeavesNoLocalCopy(t *testing.T) {
 		t.Fatalf("bob got %d copies of a message the client was told to retry", n)
 	}
 }
+
+// TestRequireTLS: REQUIRETLS (RFC 8689) is offered only under TLS and
+// refused without it; a message that carries it is never relayed to an MX
+// that no DANE or MTA-STS policy validates (the test MX has none), while
+// the same message without it is.
+func TestRequireTLS(t *testing.T) {
+	r := startRelay(t)
+	plainMX, _ := testenv.Dial(t, r.mx)
+	if resp := plainMX.Cmd("EHLO client.example.org"); strings.Contains(resp.Text(), "REQUIRETLS") {
+		t.Fatalf("REQUIRETLS offered without TLS: %s", resp)
+	}
+	if resp := plainMX.Cmd("MAIL FROM:<someone@example.org> REQUIRETLS"); resp.Code != 530 || !strings.HasPrefix(resp.Text(), "5.7.10") {
+		t.Fatalf("REQUIRETLS without TLS: %s", resp)
+	}
+	c := r.login(t, r.sub)
+	if resp := c.Cmd("EHLO client.example.org"); !strings.Contains(resp.Text(), "REQUIRETLS") {
+		t.Fatalf("REQUIRETLS not offered under TLS: %s", resp)
+	}
+	c.Expect("AUTH PLAIN "+plain("", "alice@example.test", "demo-alice"), 235)
+	c.Expect("MAIL FROM:<alice@example.test> REQUIRETLS", 250)
+	c.Expect("RCPT TO:<someone@example.org>", 250)
+	c.Expect("DATA", 354)
+	c.Send("Subject: must be private\r\n\r\nhello\r\n.\r\n")
+	if resp := c.Read(); resp.Code != 250 {
+		t.Fatal(resp)
+	}
+	sendTo(t, c, "alice@example.test", "someone@example.org", "may be plain")
+	msgs := r.waitRemote(t, 1)
+	time.Sleep(500 * time.Millisecond)
+	for _, m := range r.remote.Messages() {
+		if strings.Contains(string(m.Data), "must be private") {
+			t.Fatal("a REQUIRETLS message was relayed without validated TLS")
+		}
+	}
+	if !strings.Contains(string(msgs[0].Data), "may be plain") {
+		t.Fatalf("remote got %s", msgs[0].Data)
+	}
+}

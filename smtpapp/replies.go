@@ -60,6 +60,7 @@ var (
 	replyNoTLS          = Errorf(502, [3]int{5, 5, 1}, "STARTTLS not available")
 	replyTLSInMail      = Errorf(503, [3]int{5, 5, 1}, "Bad sequence of commands: STARTTLS in a mail transaction")
 	replyReadyTLS       = Errorf(220, [3]int{2, 0, 0}, "Ready to start TLS")
+	replyRequireTLS     = Errorf(530, [3]int{5, 7, 10}, "REQUIRETLS needs a TLS session")
 	replyTooManyJunk    = Errorf(421, [3]int{4, 7, 0}, "Too many commands that move no mail, closing connection")
 	replyHTTP           = Errorf(221, [3]int{2, 7, 0}, "This is an SMTP server, not HTTP; goodbye")
 	replyTooBusy        = Errorf(421, [3]int{4, 7, 0}, "Too many connections, try again later")
@@ -159,6 +160,17 @@ func upperASCII(s string) string {
 func cutSpace(s string) (before, after string, found bool) {
 	before, after, found = strings.Cut(s, " ")
 	return before, strings.Trim(after, " "), found
+}
+
+// hasParam reports whether a MAIL/RCPT argument carries the ESMTP
+// parameter name (alone or name=value), case-insensitively.
+func hasParam(arg, name string) bool {
+	for _, f := range strings.Fields(arg)[1:] {
+		if k, _, _ := strings.Cut(f, "="); strings.EqualFold(k, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // isHTTPVerb reports an HTTP request line or header field.

@@ -308,6 +308,9 @@ func (s *Server) newGoSMTP() *smtp.Server {
 	gs.ReadTimeout = 0
 	gs.WriteTimeout = 0
 	gs.AllowInsecureAuth = true
+	// REQUIRETLS (RFC 8689): go-smtp accepts the parameter; the wire
+	// advertises it only under TLS and refuses it without.
+	gs.EnableREQUIRETLS = true
 	gs.ErrorLog = zapPrintf{s.logger}
 	return gs
 }

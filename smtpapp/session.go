@@ -112,11 +112,13 @@ func (ss *session) authFailed(reply *Error) error {
 	return c.reply(reply, true)
 }
 
-func (ss *session) Mail(from string, _ *smtp.MailOptions) error { return ss.mail(from) }
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	return ss.mail(from, opts != nil && opts.RequireTLS)
+}
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error { return ss.rcpt(to) }
 
-func (ss *session) mail(from string) error {
+func (ss *session) mail(from string, requireTLS bool) error {
 	c := ss.c
 	if int(ss.messages.Load()) >= ss.srv.limits.MaxMessages {
 		return c.refuse(refusal{stage: "mail", err: replyTooManyMessages, label: "too_many_messages"})
@@ -141,7 +143,7 @@ func (ss *session) mail(from string) error {
 	} else if account != "" {
 		return c.reply(replyNullSender, true)
 	}
-	c.startTransaction(from)
+	c.startTransaction(from, requireTLS)
 	if err := ss.srv.hooks.runMail(c, from); err != nil {
 		c.resetTransaction()
 		return err

@@ -213,6 +213,8 @@ func (w *wire) nextCommand() error {
 			return w.refuse("bad_sequence", "DATA during BDAT", replyDataAfterBDAT)
 		case verb == "RCPT":
 			line = w.qualifyPostmaster(line, arg)
+		case verb == "MAIL" && !w.tlsOn && hasParam(arg, "REQUIRETLS"):
+			return w.refuse("requiretls_without_tls", "REQUIRETLS without TLS", replyRequireTLS)
 		}
 		return w.forward(line, verb)
 	case "BDAT":
@@ -450,8 +452,13 @@ func (w *wire) goSMTPLine(line []byte) error {
 			return err
 		}
 		w.ehloLines++
-		if w.inflight == "EHLO" && w.ehloLines == 1 && w.offerTLS && !w.tlsOn {
-			return w.send([]byte("250-STARTTLS\r\n"))
+		if w.inflight == "EHLO" && w.ehloLines == 1 {
+			switch {
+			case w.offerTLS && !w.tlsOn:
+				return w.send([]byte("250-STARTTLS\r\n"))
+			case w.tlsOn: // go-smtp cannot see our TLS
+				return w.send([]byte("250-REQUIRETLS\r\n"))
+			}
 		}
 		return nil
 	}

@@ -197,6 +197,9 @@ func (q *Queue) Deliver(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp
 	if env.ClientIP.IsValid() {
 		rec.ClientIP = env.ClientIP.String()
 	}
+	if env.RequireTLS {
+		rec.RequireTLS = true
+	}
 	if rec.Received.IsZero() {
 		rec.Received = now
 	}
