@@ -37,6 +37,8 @@ import (
 //		}
 //		dkim [off] {
 //			selector <selector>
+//			ed25519_selector <selector>
+//			algorithms rsa|ed25519...
 //			key_type rsa2048|rsa4096|ed25519
 //			domains <domain>...
 //		}
@@ -269,6 +271,14 @@ func (k *DKIMConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneArg(d, &k.Selector)
 		case "key_type":
 			err = oneArg(d, &k.KeyType)
+		case "ed25519_selector":
+			err = oneArg(d, &k.Ed25519Selector)
+		case "algorithms":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			k.Algorithms = append(k.Algorithms, args...)
 		case "domains":
 			args := d.RemainingArgs()
 			if len(args) == 0 {

@@ -69,7 +69,9 @@ func TestCaddyfile(t *testing.T) {
 			}
 			dkim {
 				selector s1
-				key_type ed25519
+				ed25519_selector s1ed
+				algorithms ed25519
+				key_type rsa4096
 				domains example.test
 			}
 			timeouts {
@@ -83,7 +85,7 @@ func TestCaddyfile(t *testing.T) {
 		}
 	}
 }`), false)
-	want := `{"dkim":{"domains":["example.test"],"key_type":"ed25519","selector":"s1"},"hostname":"mail.example.test",` +
+	want := `{"dkim":{"algorithms":["ed25519"],"domains":["example.test"],"ed25519_selector":"s1ed","key_type":"rsa4096","selector":"s1"},"hostname":"mail.example.test",` +
 		`"max_concurrency":50,"max_per_domain":10,"max_recipients":200,"path":"/var/spool/caddy-smtp","remote_port":2525,` +
 		`"retry":{"give_up":259200000000000,"initial":60000000000,"jitter":-1,"max":7200000000000,"multiplier":3,"warn_after":14400000000000},` +
 		`"smarthost":{"address":"relay.example.net:465","ca_file":"/etc/ssl/relay.pem","password":"{env.PW}","tls":"implicit","username":"user"},` +

@@ -39,7 +39,7 @@ type settings struct {
 	smarthost *smarthostSettings
 	transport transportSettings
 	storage   certmagic.Storage
-	dkim      map[string]*dkimKey
+	dkim      map[string][]*dkimKey // by domain, in signing order
 	// allowPrivate lets MX/A/AAAA lookups lead to internal addresses.
 	allowPrivate bool
 	// trusted are the networks whose unauthenticated clients still get
