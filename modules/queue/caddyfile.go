@@ -47,6 +47,11 @@ import (
 //			command <duration>
 //			data <duration>
 //		}
+//		connection_cache [off] {
+//			max_messages <n>
+//			idle_timeout <duration>
+//			max_idle <n>
+//		}
 //		allow_private_destinations
 //		mta_sts [off] {
 //			port <port>
@@ -123,6 +128,9 @@ func (q *Queue) unmarshalOption(d *caddyfile.Dispenser) error {
 	case "timeouts":
 		q.Timeouts = &Timeouts{}
 		err = q.Timeouts.unmarshalCaddyfile(d)
+	case "connection_cache":
+		q.ConnectionCache = &ConnectionCache{}
+		err = q.ConnectionCache.unmarshalCaddyfile(d)
 	case "mta_sts":
 		q.MTASTS = &MTASTSConfig{}
 		err = q.MTASTS.unmarshalCaddyfile(d)
@@ -330,6 +338,30 @@ func offArg(d *caddyfile.Dispenser, block string) (bool, error) {
 		return false, d.ArgErr()
 	}
 	return true, nil
+}
+
+// unmarshalCaddyfile parses `connection_cache [off] { ... }`.
+func (c *ConnectionCache) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	var err error
+	if c.Disable, err = offArg(d, "connection_cache"); err != nil {
+		return err
+	}
+	for d.NextBlock(1) {
+		switch f := d.Val(); f {
+		case "max_messages":
+			c.MaxMessages, err = caddyargs.Int(d)
+		case "idle_timeout":
+			c.IdleTimeout, err = caddyargs.Duration(d)
+		case "max_idle":
+			c.MaxIdle, err = caddyargs.Int(d)
+		default:
+			return d.Errf("unrecognized connection_cache option %q", f)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // unmarshalCaddyfile parses `mta_sts [off] { ... }`.

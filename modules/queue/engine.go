@@ -123,6 +123,9 @@ type engine struct {
 	ctx      context.Context // of delivery attempts
 	cancel   context.CancelFunc
 
+	// conns are the idle outbound connections kept for reuse.
+	conns *connCache
+
 	// rpt counts TLS sessions for the TLS reports (kept across reloads).
 	rpt        *tlsrpt.Counter
 	reportDone chan struct{}
@@ -145,6 +148,7 @@ func openEngine(path string, s *settings) (*engine, error) {
 		wake:      make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 		loopDone:  make(chan struct{}),
+		conns:     &connCache{idle: map[string][]*cachedConn{}},
 
 		reportDone: make(chan struct{}),
 	}
@@ -339,6 +343,7 @@ func (e *engine) Destruct() error {
 		<-done
 	}
 	e.cancel()
+	e.conns.closeAll()
 	e.sp.close()
 	e.mu.Lock()
 	if n := len(e.entries); n > 0 {

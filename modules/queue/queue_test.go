@@ -524,6 +524,8 @@ func TestConfigErrors(t *testing.T) {
 		{"dkim", map[string]any{"key_type": "ed25519", "algorithms": []string{"rsa", "ed25519"}}, "dkim.key_type"},
 		{"dkim", map[string]any{"selector": "a", "ed25519_selector": "a"}, "dkim.ed25519_selector"},
 		{"dkim", map[string]any{"ed25519_selector": "bad_name"}, "dkim.ed25519_selector"},
+		{"connection_cache", map[string]any{"max_messages": -1}, "connection_cache.max_messages"},
+		{"connection_cache", map[string]any{"idle_timeout": "-1s"}, "connection_cache.idle_timeout"},
 		{"tls", map[string]any{"disable": true, "verify": true}, "tls"},
 		{"remote_port", 70000, "remote_port"},
 		{"hostname", "not a host name", "hostname"},
