@@ -122,9 +122,11 @@ func (a *AdminAPI) handleQueue(w http.ResponseWriter, r *http.Request) error {
 type DKIMRecord struct {
 	Domain   string `json:"domain"`
 	Selector string `json:"selector"`
-	Name     string `json:"name"`
-	Value    string `json:"value"`
-	Zone     string `json:"zone"`
+	// Algorithm of the key: rsa or ed25519.
+	Algorithm string `json:"algorithm"`
+	Name      string `json:"name"`
+	Value     string `json:"value"`
+	Zone      string `json:"zone"`
 }
 
 func (a *AdminAPI) handleDKIM(w http.ResponseWriter, r *http.Request) error {
@@ -134,12 +136,15 @@ func (a *AdminAPI) handleDKIM(w http.ResponseWriter, r *http.Request) error {
 	seen := map[string]bool{}
 	out := []DKIMRecord{}
 	for _, e := range allEngines() {
-		for _, k := range e.settings().dkim {
-			if seen[k.Name()] {
-				continue
+		for _, keys := range e.settings().dkim {
+			for _, k := range keys {
+				if seen[k.Name()] {
+					continue
+				}
+				seen[k.Name()] = true
+				out = append(out, DKIMRecord{Domain: k.Domain, Selector: k.Selector, Algorithm: k.Algorithm,
+					Name: k.Name(), Value: k.Record, Zone: k.ZoneLine()})
 			}
-			seen[k.Name()] = true
-			out = append(out, DKIMRecord{Domain: k.Domain, Selector: k.Selector, Name: k.Name(), Value: k.Record, Zone: k.ZoneLine()})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })

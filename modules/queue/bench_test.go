@@ -13,19 +13,30 @@ import (
 // BenchmarkSubmitToMX measures messages per second from SMTP submission
 // (fsync'd into the queue before the 250) to their arrival at the test MX
 // on loopback: 4 clients submit in parallel, one recipient per message.
+// The cases: DKIM with both signatures (the default), RSA only, Ed25519
+// only, none; and the default without connection reuse. "conns" is the
+// number of connections the MX saw.
 //
 //	go test -run '^$' -bench SubmitToMX -benchtime 2000x ./modules/queue/
 func BenchmarkSubmitToMX(b *testing.B) {
 	for _, bc := range []struct {
-		name string
-		dkim map[string]any
+		name  string
+		dkim  map[string]any
+		cache map[string]any
 	}{
-		{"dkim=rsa2048", map[string]any{}},
-		{"dkim=off", map[string]any{"disable": true}},
+		{"dkim=rsa2048+ed25519", map[string]any{}, nil},
+		{"dkim=rsa2048", map[string]any{"algorithms": []string{"rsa"}}, nil},
+		{"dkim=ed25519", map[string]any{"algorithms": []string{"ed25519"}}, nil},
+		{"dkim=off", map[string]any{"disable": true}, nil},
+		{"dkim=rsa2048+ed25519/reuse=off", map[string]any{}, map[string]any{"disable": true}},
+		{"dkim=off/reuse=off", map[string]any{"disable": true}, map[string]any{"disable": true}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			h := newHarness(b, "127.0.0.2")
 			h.queue["dkim"] = bc.dkim
+			if bc.cache != nil {
+				h.queue["connection_cache"] = bc.cache
+			}
 			h.load()
 			mx := h.mx["127.0.0.2"]
 			body := message("benchmark", "bob@example.org") + strings.Repeat("Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n", 40)
@@ -67,6 +78,7 @@ func BenchmarkSubmitToMX(b *testing.B) {
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
 			b.ReportMetric(float64(b.N)/submitted.Seconds(), "submitted/s")
+			b.ReportMetric(float64(mx.Sessions.Load()), "conns")
 			b.ReportMetric(0, "ns/op")
 		})
 	}

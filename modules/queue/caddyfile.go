@@ -37,6 +37,8 @@ import (
 //		}
 //		dkim [off] {
 //			selector <selector>
+//			ed25519_selector <selector>
+//			algorithms rsa|ed25519...
 //			key_type rsa2048|rsa4096|ed25519
 //			domains <domain>...
 //		}
@@ -44,6 +46,11 @@ import (
 //			connect <duration>
 //			command <duration>
 //			data <duration>
+//		}
+//		connection_cache [off] {
+//			max_messages <n>
+//			idle_timeout <duration>
+//			max_idle <n>
 //		}
 //		allow_private_destinations
 //		mta_sts [off] {
@@ -122,6 +129,9 @@ func (q *Queue) unmarshalOption(d *caddyfile.Dispenser) error {
 	case "timeouts":
 		q.Timeouts = &Timeouts{}
 		err = q.Timeouts.unmarshalCaddyfile(d)
+	case "connection_cache":
+		q.ConnectionCache = &ConnectionCache{}
+		err = q.ConnectionCache.unmarshalCaddyfile(d)
 	case "mta_sts":
 		q.MTASTS = &MTASTSConfig{}
 		err = q.MTASTS.unmarshalCaddyfile(d)
@@ -270,6 +280,14 @@ func (k *DKIMConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneArg(d, &k.Selector)
 		case "key_type":
 			err = oneArg(d, &k.KeyType)
+		case "ed25519_selector":
+			err = oneArg(d, &k.Ed25519Selector)
+		case "algorithms":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			k.Algorithms = append(k.Algorithms, args...)
 		case "domains":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
@@ -321,6 +339,30 @@ func offArg(d *caddyfile.Dispenser, block string) (bool, error) {
 		return false, d.ArgErr()
 	}
 	return true, nil
+}
+
+// unmarshalCaddyfile parses `connection_cache [off] { ... }`.
+func (c *ConnectionCache) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	var err error
+	if c.Disable, err = offArg(d, "connection_cache"); err != nil {
+		return err
+	}
+	for d.NextBlock(1) {
+		switch f := d.Val(); f {
+		case "max_messages":
+			c.MaxMessages, err = caddyargs.Int(d)
+		case "idle_timeout":
+			c.IdleTimeout, err = caddyargs.Duration(d)
+		case "max_idle":
+			c.MaxIdle, err = caddyargs.Int(d)
+		default:
+			return d.Errf("unrecognized connection_cache option %q", f)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // unmarshalCaddyfile parses `mta_sts [off] { ... }`.

@@ -69,7 +69,9 @@ func TestCaddyfile(t *testing.T) {
 			}
 			dkim {
 				selector s1
-				key_type ed25519
+				ed25519_selector s1ed
+				algorithms ed25519
+				key_type rsa4096
 				domains example.test
 			}
 			timeouts {
@@ -77,13 +79,18 @@ func TestCaddyfile(t *testing.T) {
 				command 1m
 				data 5m
 			}
+			connection_cache {
+				max_messages 50
+				idle_timeout 5s
+				max_idle 8
+			}
 		}
 		server mx {
 			listen 127.0.0.1:2525
 		}
 	}
 }`), false)
-	want := `{"dkim":{"domains":["example.test"],"key_type":"ed25519","selector":"s1"},"hostname":"mail.example.test",` +
+	want := `{"connection_cache":{"idle_timeout":5000000000,"max_idle":8,"max_messages":50},"dkim":{"algorithms":["ed25519"],"domains":["example.test"],"ed25519_selector":"s1ed","key_type":"rsa4096","selector":"s1"},"hostname":"mail.example.test",` +
 		`"max_concurrency":50,"max_per_domain":10,"max_recipients":200,"path":"/var/spool/caddy-smtp","remote_port":2525,` +
 		`"retry":{"give_up":259200000000000,"initial":60000000000,"jitter":-1,"max":7200000000000,"multiplier":3,"warn_after":14400000000000},` +
 		`"smarthost":{"address":"relay.example.net:465","ca_file":"/etc/ssl/relay.pem","password":"{env.PW}","tls":"implicit","username":"user"},` +
@@ -98,6 +105,8 @@ func TestCaddyfile(t *testing.T) {
 		{"outbound queue { retry { sometimes 1m } }", "unrecognized retry option"},
 		{"outbound queue { tls maybe }", "not off, opportunistic"},
 		{"outbound queue { dkim on }", "the only argument is off"},
+		{"outbound queue { connection_cache on }", "the only argument is off"},
+		{"outbound queue { connection_cache { lifetime 1m } }", "unrecognized connection_cache option"},
 		{"outbound queue { max_concurrency many }", "not a positive number"},
 		{"outbound queue { retry { initial soon } }", "initial"},
 		{"outbound queue { frobnicate }", "unrecognized queue option"},

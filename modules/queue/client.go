@@ -72,6 +72,10 @@ type client struct {
 	timeout    time.Duration // per command
 	tlsState   *tls.ConnectionState
 	serverName string // from the greeting
+	// needRset asks the next transaction to start with RSET: the
+	// connection comes from the connection cache, and RSET both clears
+	// any state and proves that the server is still there.
+	needRset bool
 }
 
 func newClient(conn net.Conn, timeout time.Duration) *client {
@@ -369,6 +373,17 @@ type txResult struct {
 	sent bool
 }
 
+// closing reports whether the server said 421 (it closes the connection)
+// to any command of the transaction.
+func (t *txResult) closing() bool {
+	for _, r := range append([]*reply{t.mail, t.data, t.final}, t.rcpts...) {
+		if r != nil && r.Code == 421 {
+			return true
+		}
+	}
+	return false
+}
+
 // transaction sends one message to rcpts (with requireTLS, MAIL FROM
 // carries REQUIRETLS: the caller checked the extension). An error means
 // the connection failed; what replies came are in the result.
@@ -385,15 +400,26 @@ func (c *client) transaction(from string, rcpts []string, size int64, requireTLS
 		mail += " BODY=8BITMIME"
 	}
 	pipelining := c.has("PIPELINING")
+	rset := c.needRset
+	c.needRset = false
 	var err error
 	if pipelining {
-		lines := []string{mail}
+		lines := make([]string, 0, len(rcpts)+3)
+		if rset {
+			lines = append(lines, "RSET") // RFC 2920 3.1: may be pipelined
+		}
+		lines = append(lines, mail)
 		for _, r := range rcpts {
 			lines = append(lines, "RCPT TO:<"+r+">")
 		}
 		lines = append(lines, "DATA")
 		if err := c.write(lines...); err != nil {
 			return res, err
+		}
+		if rset {
+			if err := c.readRset(); err != nil {
+				return res, err
+			}
 		}
 		if res.mail, err = c.read(); err != nil {
 			return res, err
@@ -407,6 +433,14 @@ func (c *client) transaction(from string, rcpts []string, size int64, requireTLS
 			return res, err
 		}
 	} else {
+		if rset {
+			if err := c.write("RSET"); err != nil {
+				return res, err
+			}
+			if err := c.readRset(); err != nil {
+				return res, err
+			}
+		}
 		if res.mail, err = c.cmd(mail); err != nil {
 			return res, err
 		}
@@ -460,6 +494,25 @@ func (c *client) transaction(from string, rcpts []string, size int64, requireTLS
 	res.final, err = c.read()
 	c.timeout = saved
 	return res, err
+}
+
+// errStale is a cached connection that did not answer RSET with 250:
+// nothing was sent on it, the message goes on a new connection.
+type errStale struct{ err error }
+
+func (e *errStale) Error() string { return "cached connection: RSET: " + e.err.Error() }
+func (e *errStale) Unwrap() error { return e.err }
+
+// readRset reads the reply to RSET.
+func (c *client) readRset() error {
+	r, err := c.read()
+	if err == nil && r.Code != 250 {
+		err = r
+	}
+	if err != nil {
+		return &errStale{err}
+	}
+	return nil
 }
 
 // quit ends the session politely; errors do not matter any more.

@@ -41,9 +41,10 @@ with --config, else the default (localhost:2019).
 		Usage: "[--config <path> [--adapter <name>]] [--address <interface>]",
 		Short: "Prints the DKIM DNS records to publish for the local domains",
 		Long: `
-Asks the running Caddy instance for the DKIM keys of the outbound queue (one
-per local domain, generated on first start and kept in Caddy's storage) and
-prints the TXT records to publish, in zone-file syntax.
+Asks the running Caddy instance for the DKIM keys of the outbound queue (per
+local domain an RSA key and an Ed25519 key, as configured, generated on
+first start and kept in Caddy's storage) and prints the TXT records to
+publish, in zone-file syntax.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.Flags().StringP("config", "c", "", "Configuration file, to find the admin address")
@@ -145,7 +146,11 @@ func cmdDKIM(fl caddycmd.Flags) (int, error) {
 		return 0, nil
 	}
 	for _, r := range recs {
-		fmt.Printf("; %s (selector %s)\n%s\n", r.Domain, r.Selector, r.Zone)
+		alg := r.Algorithm
+		if alg == "" {
+			alg = "key"
+		}
+		fmt.Printf("; %s (selector %s, %s)\n%s\n", r.Domain, r.Selector, alg, r.Zone)
 	}
 	return 0, nil
 }

@@ -39,7 +39,8 @@ type settings struct {
 	smarthost *smarthostSettings
 	transport transportSettings
 	storage   certmagic.Storage
-	dkim      map[string]*dkimKey
+	dkim      map[string][]*dkimKey // by domain, in signing order
+	cache     cacheSettings
 	// allowPrivate lets MX/A/AAAA lookups lead to internal addresses.
 	allowPrivate bool
 	// trusted are the networks whose unauthenticated clients still get
@@ -70,6 +71,9 @@ func (q *Queue) settings(ctx caddy.Context, app *smtpapp.App) (*settings, error)
 		if s.smarthost, err = q.Smarthost.provision(); err != nil {
 			return nil, fieldErr("smarthost", err)
 		}
+	}
+	if s.cache, err = q.ConnectionCache.provision(s.maxConc); err != nil {
+		return nil, fieldErr("connection_cache", err)
 	}
 	if s.transport, err = q.provisionTransport(ctx, s); err != nil {
 		return nil, err

@@ -27,27 +27,48 @@ import (
 )
 
 // DKIMConfig configures DKIM signing (RFC 6376) of mail whose From domain
-// is one of the app's local domains.
+// is one of the app's local domains. By default each message gets two
+// signatures: RSA (verified everywhere) and Ed25519 (RFC 8463; small and
+// cheap, but not yet verified by every receiver). A receiver uses the
+// signatures it can verify and ignores the others.
 type DKIMConfig struct {
 	// Disable turns signing off.
 	Disable bool `json:"disable,omitempty"`
 
-	// Selector names the key in DNS: <selector>._domainkey.<domain>.
+	// Selector names the RSA key in DNS: <selector>._domainkey.<domain>.
 	// Default: caddysmtp.
 	Selector string `json:"selector,omitempty"`
 
-	// KeyType of keys generated when a domain has none: rsa2048 (default,
-	// verified everywhere), rsa4096, or ed25519 (RFC 8463; not yet
-	// verified by every receiver). An existing key is used as it is.
+	// Ed25519Selector names the Ed25519 key in DNS. Default:
+	// <selector>-ed25519 (caddysmtp-ed25519); with key_type ed25519, the
+	// selector itself.
+	Ed25519Selector string `json:"ed25519_selector,omitempty"`
+
+	// Algorithms to sign with, each with its own key and signature: rsa,
+	// ed25519. Default: both. ["ed25519"] avoids the cost of RSA, for
+	// mail whose receivers verify Ed25519.
+	Algorithms []string `json:"algorithms,omitempty"`
+
+	// KeyType of the RSA key generated when a domain has none: rsa2048
+	// (default) or rsa4096. An existing key is used as it is. ed25519 is
+	// the setting of earlier versions (one Ed25519 key, under selector):
+	// it means algorithms ["ed25519"] with ed25519_selector defaulting to
+	// selector.
 	KeyType string `json:"key_type,omitempty"`
 
 	// Domains to sign for. Default: every local domain.
 	Domains []string `json:"domains,omitempty"`
 }
 
-// provision checks the config and loads (or makes) the key of each domain
-// to sign for; localDomains is the default list.
-func (d *DKIMConfig) provision(ctx caddy.Context, localDomains []string, logger *zap.Logger) (map[string]*dkimKey, error) {
+// DKIM signing algorithms (the "algorithms" values).
+const (
+	algRSA     = "rsa"
+	algEd25519 = "ed25519"
+)
+
+// provision checks the config and loads (or makes) the keys of each
+// domain to sign for, in signing order; localDomains is the default list.
+func (d *DKIMConfig) provision(ctx caddy.Context, localDomains []string, logger *zap.Logger) (map[string][]*dkimKey, error) {
 	if d == nil {
 		d = &DKIMConfig{}
 	}
@@ -58,38 +79,91 @@ func (d *DKIMConfig) provision(ctx caddy.Context, localDomains []string, logger 
 	if sel == "" {
 		sel = "caddysmtp"
 	}
-	if !smtpapp.ValidHostname(sel) || strings.Contains(sel, "_") {
+	if !validSelector(sel) {
 		return nil, fmt.Errorf("selector: %q is not a valid DNS label sequence", sel)
 	}
+	legacy := d.KeyType == "ed25519"
 	switch d.KeyType {
 	case "", "rsa2048", "rsa4096", "ed25519":
 	default:
 		return nil, fmt.Errorf("key_type: %q is not rsa2048, rsa4096 or ed25519", d.KeyType)
 	}
+	var rsaOn, edOn bool
+	for i, a := range d.Algorithms {
+		switch strings.ToLower(a) {
+		case algRSA:
+			rsaOn = true
+		case algEd25519:
+			edOn = true
+		default:
+			return nil, fmt.Errorf("algorithms[%d]: %q is not rsa or ed25519", i, a)
+		}
+	}
+	switch {
+	case len(d.Algorithms) == 0 && legacy:
+		edOn = true
+	case len(d.Algorithms) == 0:
+		rsaOn, edOn = true, true
+	case legacy && rsaOn:
+		return nil, fmt.Errorf("key_type: ed25519 with algorithms rsa: key_type is the RSA key's size (rsa2048 or rsa4096)")
+	}
+	edSel := d.Ed25519Selector
+	switch {
+	case edSel == "" && legacy:
+		edSel = sel
+	case edSel == "":
+		edSel = sel + "-ed25519"
+	case !validSelector(edSel):
+		return nil, fmt.Errorf("ed25519_selector: %q is not a valid DNS label sequence", edSel)
+	}
+	if rsaOn && edOn && edSel == sel {
+		return nil, fmt.Errorf("ed25519_selector: %q is also the RSA key's selector; signing with both needs two", edSel)
+	}
+	rsaType := d.KeyType
+	if legacy {
+		rsaType = ""
+	}
 	domains := d.Domains
 	if len(domains) == 0 {
 		domains = localDomains
 	}
-	keys := map[string]*dkimKey{}
+	keys := map[string][]*dkimKey{}
 	for i, dom := range domains {
 		dom = strings.TrimSuffix(strings.ToLower(dom), ".")
 		if !smtpapp.ValidHostname(dom) {
 			return nil, fmt.Errorf("domains[%d]: invalid domain %q", i, domains[i])
 		}
-		k, err := loadDKIMKey(ctx, ctx.Storage(), dom, sel, d.KeyType, logger)
-		if err != nil {
-			return nil, fmt.Errorf("domains[%d]: key of %s: %v", i, dom, err)
+		// Ed25519 first: a receiver that checks only the first
+		// signature it understands finds the cheap one at once.
+		if edOn {
+			k, err := loadDKIMKey(ctx, ctx.Storage(), dom, edSel, algEd25519, logger)
+			if err != nil {
+				return nil, fmt.Errorf("domains[%d]: Ed25519 key of %s: %v", i, dom, err)
+			}
+			keys[dom] = append(keys[dom], k)
 		}
-		keys[dom] = k
+		if rsaOn {
+			k, err := loadDKIMKey(ctx, ctx.Storage(), dom, sel, rsaType, logger)
+			if err != nil {
+				return nil, fmt.Errorf("domains[%d]: RSA key of %s: %v", i, dom, err)
+			}
+			keys[dom] = append(keys[dom], k)
+		}
 	}
 	return keys, nil
+}
+
+func validSelector(sel string) bool {
+	return smtpapp.ValidHostname(sel) && !strings.Contains(sel, "_")
 }
 
 // dkimKey is one domain's signing key.
 type dkimKey struct {
 	Domain   string
 	Selector string
-	signer   crypto.Signer
+	// Algorithm is rsa or ed25519.
+	Algorithm string
+	signer    crypto.Signer
 	// Record is the TXT record value to publish.
 	Record string
 }
@@ -114,7 +188,8 @@ func dkimStorageKey(domain, selector string) string {
 
 // loadDKIMKey loads a domain's key from storage, generating and storing it
 // if missing (under the storage lock, so that instances sharing storage
-// agree on one key).
+// agree on one key). keyType is "" or rsa2048, rsa4096 (an RSA key), or
+// ed25519; a stored key of the other algorithm is an error.
 func loadDKIMKey(ctx context.Context, storage certmagic.Storage, domain, selector, keyType string, logger *zap.Logger) (*dkimKey, error) {
 	key := dkimStorageKey(domain, selector)
 	pemBytes, err := storage.Load(ctx, key)
@@ -150,9 +225,20 @@ func loadDKIMKey(ctx context.Context, storage certmagic.Storage, domain, selecto
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v", key, err)
 	}
+	if want := keyAlgorithm(keyType); k.Algorithm != want {
+		return nil, fmt.Errorf("%s is an %s key, not %s (give this algorithm another selector)", key, k.Algorithm, want)
+	}
 	logger.Info("DKIM key loaded", zap.String("domain", domain), zap.String("selector", selector),
 		zap.String("record", k.ZoneLine()))
 	return k, nil
+}
+
+// keyAlgorithm is the algorithm of a key type.
+func keyAlgorithm(keyType string) string {
+	if keyType == "ed25519" {
+		return algEd25519
+	}
+	return algRSA
 }
 
 func generateDKIMKey(keyType string) ([]byte, error) {
@@ -194,7 +280,7 @@ func parseDKIMKey(pemBytes []byte, domain, selector string) (*dkimKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &dkimKey{Domain: domain, Selector: selector}
+	k := &dkimKey{Domain: domain, Selector: selector, Algorithm: algRSA}
 	switch p := priv.(type) {
 	case *rsa.PrivateKey:
 		der, err := x509.MarshalPKIXPublicKey(&p.PublicKey)
@@ -204,7 +290,7 @@ func parseDKIMKey(pemBytes []byte, domain, selector string) (*dkimKey, error) {
 		k.signer = p
 		k.Record = "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString(der)
 	case ed25519.PrivateKey:
-		k.signer = p
+		k.signer, k.Algorithm = p, algEd25519
 		k.Record = "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(p.Public().(ed25519.PublicKey))
 	default:
 		return nil, fmt.Errorf("unsupported key type %T", priv)
@@ -225,42 +311,67 @@ var signedHeaders = []string{
 
 var overSigned = map[string]bool{"from": true, "to": true, "cc": true, "subject": true, "date": true, "reply-to": true}
 
-// sign returns the DKIM-Signature field (with CRLF) for the message that
-// write produces, whose header fields are fields.
-func (k *dkimKey) sign(fields []headerField, write func(io.Writer) (int64, error)) ([]byte, error) {
+// signDKIM returns the DKIM-Signature fields (each with CRLF), one per
+// key in order, for the message that write produces, whose header fields
+// are fields. The message is produced once for all the signers.
+func signDKIM(keys []*dkimKey, fields []headerField, write func(io.Writer) (int64, error)) ([]byte, error) {
 	count := map[string]int{}
 	for _, f := range fields {
 		count[strings.ToLower(f.name)]++
 	}
-	var keys []string
+	var hkeys []string
 	for _, name := range signedHeaders {
 		n := count[strings.ToLower(name)]
 		if overSigned[strings.ToLower(name)] {
 			n++
 		}
 		for range n {
-			keys = append(keys, name)
+			hkeys = append(hkeys, name)
 		}
 	}
-	s, err := dkim.NewSigner(&dkim.SignOptions{
-		Domain:                 k.Domain,
-		Selector:               k.Selector,
-		Signer:                 k.signer,
-		HeaderCanonicalization: dkim.CanonicalizationRelaxed,
-		BodyCanonicalization:   dkim.CanonicalizationRelaxed,
-		HeaderKeys:             keys,
-	})
-	if err != nil {
+	signers := make([]*dkim.Signer, len(keys))
+	ws := make([]io.Writer, len(keys))
+	closeAll := func() {
+		for _, s := range signers {
+			if s != nil {
+				s.Close()
+			}
+		}
+	}
+	for i, k := range keys {
+		s, err := dkim.NewSigner(&dkim.SignOptions{
+			Domain:                 k.Domain,
+			Selector:               k.Selector,
+			Signer:                 k.signer,
+			HeaderCanonicalization: dkim.CanonicalizationRelaxed,
+			BodyCanonicalization:   dkim.CanonicalizationRelaxed,
+			HeaderKeys:             hkeys,
+		})
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		signers[i], ws[i] = s, s
+	}
+	w := ws[0]
+	if len(ws) > 1 {
+		w = io.MultiWriter(ws...)
+	}
+	if _, err := write(w); err != nil {
+		closeAll()
 		return nil, err
 	}
-	if _, err := write(s); err != nil {
-		s.Close()
-		return nil, err
+	var out []byte
+	for i, s := range signers {
+		if err := s.Close(); err != nil {
+			signers[i] = nil
+			closeAll()
+			return nil, err
+		}
+		signers[i] = nil
+		out = append(out, s.Signature()...)
 	}
-	if err := s.Close(); err != nil {
-		return nil, err
-	}
-	return []byte(s.Signature()), nil
+	return out, nil
 }
 
 // headerField is one header field of a message, unfolded.

@@ -6,7 +6,7 @@ import "testing"
 // signature for another hosted domain named in From.
 func TestDKIMKeyOnlyForTheSendersDomain(t *testing.T) {
 	a, b := &dkimKey{}, &dkimKey{}
-	s := &settings{dkim: map[string]*dkimKey{"a.test": a, "b.test": b}}
+	s := &settings{dkim: map[string][]*dkimKey{"a.test": {a}, "b.test": {b}}}
 	from := func(v string) []headerField { return []headerField{{name: "From", value: v}} }
 	for _, tc := range []struct {
 		fields []headerField
@@ -19,7 +19,11 @@ func TestDKIMKeyOnlyForTheSendersDomain(t *testing.T) {
 		{from("Mail Delivery <MAILER-DAEMON@b.test>"), "", b}, // our own report
 		{from("x@other.example"), "alice@a.test", nil},
 	} {
-		if got := s.dkimKeyFor(tc.fields, tc.sender); got != tc.want {
+		var got *dkimKey
+		if keys := s.dkimKeysFor(tc.fields, tc.sender); len(keys) > 0 {
+			got = keys[0]
+		}
+		if got != tc.want {
 			t.Errorf("From %v, sender %q: got key %p, want %p", tc.fields, tc.sender, got, tc.want)
 		}
 	}

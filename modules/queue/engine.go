@@ -123,6 +123,9 @@ type engine struct {
 	ctx      context.Context // of delivery attempts
 	cancel   context.CancelFunc
 
+	// conns are the idle outbound connections kept for reuse.
+	conns *connCache
+
 	// rpt counts TLS sessions for the TLS reports (kept across reloads).
 	rpt        *tlsrpt.Counter
 	reportDone chan struct{}
@@ -148,6 +151,7 @@ func openEngine(path string, s *settings) (*engine, error) {
 		wake:      make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 		loopDone:  make(chan struct{}),
+		conns:     &connCache{idle: map[string][]*cachedConn{}},
 
 		reportDone: make(chan struct{}),
 	}
@@ -349,6 +353,7 @@ func (e *engine) Destruct() error {
 		<-done
 	}
 	e.cancel()
+	e.conns.closeAll()
 	e.sp.close()
 	e.mu.Lock()
 	if n := len(e.entries); n > 0 {
@@ -394,13 +399,13 @@ func safeID(id string) bool {
 func (e *engine) enqueue(s *settings, rec *record, write func(io.Writer) (int64, error), reader func() io.Reader) error {
 	_, fields := readHeader(reader())
 	var prefix []byte
-	if key := s.dkimKeyFor(fields, rec.From); key != nil {
-		sig, err := key.sign(fields, write)
+	if keys := s.dkimKeysFor(fields, rec.From); len(keys) > 0 {
+		sig, err := signDKIM(keys, fields, write)
 		if err != nil {
 			s.logger.Error("DKIM signing failed; queueing the message unsigned",
-				zap.String("id", rec.ID), zap.String("domain", key.Domain), zap.Error(err))
+				zap.String("id", rec.ID), zap.String("domain", keys[0].Domain), zap.Error(err))
 		} else {
-			prefix, rec.DKIM = sig, key.Domain
+			prefix, rec.DKIM = sig, keys[0].Domain
 		}
 	}
 	e.mu.Lock()
@@ -439,12 +444,12 @@ func addresses(rs []smtpapp.Recipient) []string {
 	return out
 }
 
-// dkimKeyFor picks the key of the From field's domain (or of the envelope
+// dkimKeysFor picks the keys of the From field's domain (or of the envelope
 // sender's, for a message without a From field). The From domain must be
 // the envelope sender's, which smtpapp checked against the account: one
 // user of a shared server must not get another hosted domain's signature.
 // Mail from the null sender (our own reports) is signed for its From.
-func (s *settings) dkimKeyFor(fields []headerField, from string) *dkimKey {
+func (s *settings) dkimKeysFor(fields []headerField, from string) []*dkimKey {
 	if len(s.dkim) == 0 {
 		return nil
 	}

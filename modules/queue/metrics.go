@@ -26,6 +26,11 @@ var (
 		Help: "Outbound SMTP sessions by TLS state (none, unverified, verified) and result (ok, error).",
 	}, []string{"tls", "result"})
 
+	metricConnReuses = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "smtp", Name: "queue_connection_reuses_total",
+		Help: "Deliveries sent on a cached outbound connection (a new session is counted in queue_sessions_total).",
+	})
+
 	metricTLSDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "smtp", Name: "queue_tls_deliveries_total",
 		Help: "Recipients delivered to MX hosts by TLS outcome (plaintext, opportunistic, mta-sts, dane).",
@@ -41,6 +46,6 @@ var (
 )
 
 func registerMetrics(reg prometheus.Registerer) error {
-	return promreg.Register(reg, metricQueued, metricDeliveries, metricDSN, metricSessions,
+	return promreg.Register(reg, metricQueued, metricDeliveries, metricDSN, metricSessions, metricConnReuses,
 		metricTLSDeliveries, metricTLSFailures, metricTLSReports)
 }

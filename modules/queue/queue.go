@@ -85,6 +85,12 @@ type Queue struct {
 	// Timeouts of outbound connections.
 	Timeouts *Timeouts `json:"timeouts,omitempty"`
 
+	// ConnectionCache keeps a connection to an MX host (or the smarthost)
+	// open after a delivery for the next message to the same host, under
+	// the same TLS policy (RSET between messages). On by default: at most
+	// 100 messages per connection, 2s idle.
+	ConnectionCache *ConnectionCache `json:"connection_cache,omitempty"`
+
 	// AllowPrivateDestinations lets MX, A and AAAA lookups lead to
 	// internal addresses: loopback, private (RFC 1918, fc00::/7),
 	// shared (100.64.0.0/10), link-local, multicast, unspecified and

@@ -16,14 +16,17 @@ import (
 )
 
 // A message to two domains: one transaction per domain, each carrying its
-// domain's recipients, and a valid DKIM signature (RSA, the default) of
-// the local sender's domain.
+// domain's recipients, and two valid DKIM signatures of the local sender's
+// domain (the default: Ed25519, RFC 8463, and RSA), verified by go-msgauth
+// against the records of `caddy smtp-dkim` served by the test DNS.
 func TestDeliverSignedToTwoDomains(t *testing.T) {
 	h := newHarness(t)
 	h.queue["dkim"] = map[string]any{"selector": "s2026"}
 	h.load()
 	recs := h.publishDKIM()
-	if len(recs) != 1 || recs[0].Name != "s2026._domainkey.example.test" || !strings.Contains(recs[0].Value, "k=rsa") {
+	if len(recs) != 2 || recs[0].Name != "s2026-ed25519._domainkey.example.test" || !strings.Contains(recs[0].Value, "k=ed25519") ||
+		recs[0].Algorithm != "ed25519" || recs[1].Name != "s2026._domainkey.example.test" || !strings.Contains(recs[1].Value, "k=rsa") ||
+		recs[1].Algorithm != "rsa" {
 		t.Fatalf("DKIM records: %+v", recs)
 	}
 	body := message("two domains", "bob@example.org", "carol@example.org", "dave@example.net")
@@ -63,9 +66,36 @@ func TestDeliverSignedToTwoDomains(t *testing.T) {
 		if !bytes.HasSuffix(m.Data, []byte("\r\nbye\r\n")) {
 			t.Errorf("body end changed:\n%q", m.Data)
 		}
-		if got := h.verifyDKIM(m.Data); !slices.Equal(got, []string{"example.test"}) {
-			t.Errorf("valid DKIM signatures: %v, want example.test", got)
+		if got := h.verifyDKIM(m.Data); !slices.Equal(got, []string{"example.test", "example.test"}) {
+			t.Errorf("valid DKIM signatures: %v, want two of example.test", got)
 		}
+		if !bytes.Contains(m.Data, []byte("a=ed25519-sha256;")) || !bytes.Contains(m.Data, []byte("a=rsa-sha256;")) {
+			t.Errorf("want an Ed25519 and an RSA signature:\n%s", m.Data)
+		}
+	}
+}
+
+// algorithms ed25519: one Ed25519 signature (no RSA cost), under the
+// selector <selector>-ed25519, and only its record to publish.
+func TestDKIMEd25519Only(t *testing.T) {
+	h := newHarness(t, "127.0.0.2")
+	h.queue["dkim"] = map[string]any{"algorithms": []string{"ed25519"}}
+	h.load()
+	recs := h.publishDKIM()
+	if len(recs) != 1 || recs[0].Name != "caddysmtp-ed25519._domainkey.example.test" || recs[0].Algorithm != "ed25519" {
+		t.Fatalf("DKIM records: %+v", recs)
+	}
+	h.send("alice@example.test", []string{"bob@example.org"}, message("ed25519 only", "bob@example.org"))
+	mx := h.mx["127.0.0.2"]
+	if !mx.WaitMessages(1, 10*time.Second) {
+		t.Fatal("not delivered")
+	}
+	data := mx.Messages()[0].Data
+	if got := h.verifyDKIM(data); !slices.Equal(got, []string{"example.test"}) {
+		t.Errorf("valid DKIM signatures: %v, want one of example.test", got)
+	}
+	if n := bytes.Count(data, []byte("DKIM-Signature:")); n != 1 || !bytes.Contains(data, []byte("a=ed25519-sha256;")) {
+		t.Errorf("want one Ed25519 signature, got %d:\n%s", n, data)
 	}
 }
 
@@ -490,6 +520,12 @@ func TestConfigErrors(t *testing.T) {
 		{"smarthost", map[string]any{"address": "relay.example.net:25", "username": "u", "password": "p", "tls": "none"}, "smarthost.tls"},
 		{"smarthost", map[string]any{"address": "relay.example.net:25", "tls": "sometimes"}, "smarthost.tls"},
 		{"dkim", map[string]any{"key_type": "dsa"}, "dkim.key_type"},
+		{"dkim", map[string]any{"algorithms": []string{"dsa"}}, "dkim.algorithms[0]"},
+		{"dkim", map[string]any{"key_type": "ed25519", "algorithms": []string{"rsa", "ed25519"}}, "dkim.key_type"},
+		{"dkim", map[string]any{"selector": "a", "ed25519_selector": "a"}, "dkim.ed25519_selector"},
+		{"dkim", map[string]any{"ed25519_selector": "bad_name"}, "dkim.ed25519_selector"},
+		{"connection_cache", map[string]any{"max_messages": -1}, "connection_cache.max_messages"},
+		{"connection_cache", map[string]any{"idle_timeout": "-1s"}, "connection_cache.idle_timeout"},
 		{"tls", map[string]any{"disable": true, "verify": true}, "tls"},
 		{"remote_port", 70000, "remote_port"},
 		{"hostname", "not a host name", "hostname"},

@@ -84,8 +84,10 @@ func (e *engine) deliverRemote(s *settings, ent *entry, domain string, idx []int
 				attempt := *hp
 				ha.pol = &attempt
 			}
-			res, err := e.sessionWithFallback(ctx, s, ent, f, ha, ip, idx)
-			if ha.pol != nil {
+			res, reused, err := e.sessionWithFallback(ctx, s, ent, f, ha, ip, idx)
+			if ha.pol != nil && !reused {
+				// A reused connection's session was counted when it
+				// was set up.
 				e.endSession(ha.pol, h.host, ip)
 			}
 			if err == nil {
@@ -146,15 +148,16 @@ func (e *engine) hops(ctx context.Context, s *settings, domain string) ([]hop, *
 // sessionWithFallback runs a session and, when the STARTTLS handshake
 // fails and TLS is not required, another one in plain text (what Postfix
 // does at its "may" level).
-func (e *engine) sessionWithFallback(ctx context.Context, s *settings, ent *entry, body io.ReaderAt, h hop, ip netip.Addr, idx []int) ([]result, error) {
-	res, err := e.session(ctx, s, ent, body, h, ip, idx, false)
+// reused is true when the message went on a cached connection.
+func (e *engine) sessionWithFallback(ctx context.Context, s *settings, ent *entry, body io.ReaderAt, h hop, ip netip.Addr, idx []int) (res []result, reused bool, err error) {
+	res, reused, err = e.session(ctx, s, ent, body, h, ip, idx, false)
 	var hs *errTLSHandshake
 	if errors.As(err, &hs) && !h.smarthost && !h.pol.mustTLS {
 		s.logger.Info("TLS handshake failed; trying again without TLS",
 			zap.String("id", ent.rec.ID), zap.String("mx", h.host), zap.Stringer("ip", ip), zap.Error(err))
-		res, err = e.session(ctx, s, ent, body, h, ip, idx, true)
+		res, reused, err = e.session(ctx, s, ent, body, h, ip, idx, true)
 	}
-	return res, err
+	return res, reused, err
 }
 
 // errRequireTLS is a host that cannot take a REQUIRETLS message.
@@ -270,11 +273,53 @@ func (e *engine) lookupHost(ctx context.Context, s *settings, host string) ([]ne
 	return append(v4, v6...), nil
 }
 
-// session delivers to one address of a host: dial, secure (STARTTLS),
-// authenticate (smarthost), transact. A returned error means the host
-// failed before any transaction got a final answer: the caller tries the
-// next address.
-func (e *engine) session(ctx context.Context, s *settings, ent *entry, body io.ReaderAt, h hop, ip netip.Addr, idx []int, plain bool) (res []result, err error) {
+// session delivers to one address of a host: on a cached connection to
+// it if there is one, else dial, secure (STARTTLS), authenticate
+// (smarthost), transact. A returned error means the host failed before
+// any transaction got a final answer: the caller tries the next address.
+// reused is true when a cached connection took the message.
+func (e *engine) session(ctx context.Context, s *settings, ent *entry, body io.ReaderAt, h hop, ip netip.Addr, idx []int, plain bool) (res []result, reused bool, err error) {
+	key := connKey(s, h, ip)
+	if !plain && s.cache.maxMessages > 0 {
+		for x := e.conns.get(key); x != nil; x = e.conns.get(key) {
+			res, err := e.reuse(ctx, s, x, ent, body, h, idx)
+			if err == nil {
+				return res, true, nil
+			}
+			s.logger.Debug("cached connection failed; opening a new one", zap.String("id", ent.rec.ID),
+				zap.String("host", h.host), zap.Stringer("ip", ip), zap.Error(err))
+		}
+	}
+	res, err = e.newSession(ctx, s, ent, body, h, ip, idx, plain, key)
+	return res, false, err
+}
+
+// reuse sends the message on a cached connection (after an RSET). An error
+// means nothing was sent: the connection is closed and the caller opens a
+// new one.
+func (e *engine) reuse(ctx context.Context, s *settings, x *cachedConn, ent *entry, body io.ReaderAt, h hop, idx []int) ([]result, error) {
+	stop := context.AfterFunc(ctx, func() { x.c.conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var orig hostPolicy
+	if h.pol != nil {
+		// The attempt's TLS outcome is the connection's.
+		orig = *h.pol
+		h.pol.tlsUp, h.pol.failure, h.pol.detail = x.tlsUp, x.failure, x.detail
+	}
+	x.c.needRset = true
+	res, err := e.transact(s, x, ent, body, h, idx)
+	if err != nil {
+		if h.pol != nil {
+			*h.pol = orig
+		}
+		return nil, err
+	}
+	metricConnReuses.Inc()
+	return res, nil
+}
+
+// newSession is session on a new connection.
+func (e *engine) newSession(ctx context.Context, s *settings, ent *entry, body io.ReaderAt, h hop, ip netip.Addr, idx []int, plain bool, key string) (res []result, err error) {
 	c, tlsState, err := e.dial(ctx, s, h, ip)
 	if err != nil {
 		return nil, err
@@ -309,7 +354,7 @@ func (e *engine) session(ctx context.Context, s *settings, ent *entry, body io.R
 	if err := s.authenticate(c, h); err != nil {
 		return nil, err
 	}
-	return e.transact(s, c, ent, body, h, idx, tlsState)
+	return e.transact(s, &cachedConn{c: c, key: key, tlsState: tlsState}, ent, body, h, idx)
 }
 
 // dial connects to ip, with TLS from the first byte for a smarthost that
@@ -424,23 +469,27 @@ func (s *settings) authenticate(c *client, h hop) error {
 	return fmt.Errorf("AUTH: %w", err)
 }
 
-// transact sends the message in transactions of at most max_recipients
-// and ends the session. An error means nothing was delivered on this host.
-func (e *engine) transact(s *settings, c *client, ent *entry, body io.ReaderAt, h hop, idx []int, tlsState string) ([]result, error) {
+// transact sends the message in transactions of at most max_recipients,
+// then leaves the connection in the cache for the next message (or ends
+// the session). An error means nothing was delivered on this host, and
+// the connection is closed.
+func (e *engine) transact(s *settings, x *cachedConn, ent *entry, body io.ReaderAt, h hop, idx []int) ([]result, error) {
+	c, tlsState := x.c, x.tlsState
 	if ent.rec.RequireTLS {
 		switch {
 		case tlsState != "verified": // DANE matches count as verified
-			c.quit()
+			e.release(s, x, h, true)
 			return nil, &errRequireTLS{fmt.Sprintf("%s: TLS was not validated (%s)", h.host, tlsState)}
 		case !c.has("REQUIRETLS"):
-			c.quit()
+			e.release(s, x, h, true)
 			return nil, &errRequireTLS{h.host + " does not support REQUIRETLS"}
 		}
 	}
 	if limit, err := strconv.ParseInt(c.ext["SIZE"], 10, 64); err == nil && limit > 0 && ent.size > limit {
-		c.quit()
+		e.release(s, x, h, false)
 		return fill(len(idx), permErr(552, "5.3.4", "message size %d exceeds the limit of %s (%d)", ent.size, h.host, limit)), nil
 	}
+	closing := false // the server said 421
 	out := make([]result, len(idx))
 	for start := 0; start < len(idx); start += s.maxRcpts {
 		batch := idx[start:min(start+s.maxRcpts, len(idx))]
@@ -464,12 +513,28 @@ func (e *engine) transact(s *settings, c *client, ent *entry, body io.ReaderAt, 
 			}
 			return out, nil
 		}
+		x.uses++
+		closing = closing || tx.closing()
 		for k := range batch {
 			out[start+k] = txOutcome(tx, k, h.host, tlsState)
 		}
 	}
-	c.quit()
+	e.release(s, x, h, closing)
 	return out, nil
+}
+
+// release puts a connection whose last transaction ended cleanly in the
+// cache, with its session's TLS outcome; one the server is closing (421)
+// is ended.
+func (e *engine) release(s *settings, x *cachedConn, h hop, closing bool) {
+	if closing {
+		x.c.quit()
+		return
+	}
+	if h.pol != nil {
+		x.tlsUp, x.failure, x.detail = h.pol.tlsUp, h.pol.failure, h.pol.detail
+	}
+	e.conns.put(s.cache, x)
 }
 
 // txOutcome is recipient k's result in a transaction.

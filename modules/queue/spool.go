@@ -28,7 +28,8 @@ import (
 // A message file is "CSQ1 " + the envelope as one line of JSON + "\n", then
 // the message exactly as it is sent (DKIM-Signature first, if signed). It is
 // written in tmp/, synced, renamed into queue/ and the folder synced before
-// Deliver returns: its presence in queue/ is the commit. It never changes
+// Deliver returns (a sync shared by the enqueues in progress, started after
+// the rename: groupsync.go): its presence in queue/ is the commit. It never changes
 // afterwards; what changes (attempts, results) goes to <id>.state, replaced
 // atomically (write, sync, rename, sync folder).
 const fileMagic = "CSQ1 "
@@ -91,6 +92,7 @@ type state struct {
 type spool struct {
 	root, qdir, tmpdir, baddir string
 	lock                       *os.File
+	qsync                      *dirSync // group commit of queue/'s syncs
 }
 
 func openSpool(root string) (*spool, error) {
@@ -100,6 +102,7 @@ func openSpool(root string) (*spool, error) {
 		tmpdir: filepath.Join(root, "tmp"),
 		baddir: filepath.Join(root, "corrupt"),
 	}
+	sp.qsync = &dirSync{dir: sp.qdir}
 	for _, d := range []string{sp.qdir, sp.tmpdir, sp.baddir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
@@ -176,9 +179,13 @@ func (sp *spool) write(rec *record, prefix []byte, body func(io.Writer) (int64, 
 	}
 	if err == nil {
 		err = os.Rename(tmp, sp.path(rec.ID))
+		if err == nil && spoolRenameHook != nil {
+			spoolRenameHook(sp.path(rec.ID))
+		}
 	}
 	if err == nil {
-		err = syncDir(sp.qdir)
+		// Shared with the enqueues in progress (groupsync.go).
+		err = sp.qsync.sync()
 	}
 	if err != nil {
 		os.Remove(tmp)
@@ -210,7 +217,7 @@ func (sp *spool) writeState(id string, st *state) error {
 		err = os.Rename(tmp, sp.statePath(id))
 	}
 	if err == nil {
-		err = syncDir(sp.qdir)
+		err = sp.qsync.sync()
 	}
 	if err != nil {
 		os.Remove(tmp)
