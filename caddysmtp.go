@@ -4,6 +4,7 @@ package caddysmtp
 
 import (
 	_ "github.com/caddy-smtp/caddy-smtp/caddyfile"
+	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/dovecot"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/file"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/auth/static"
 	_ "github.com/caddy-smtp/caddy-smtp/modules/autoconfig"

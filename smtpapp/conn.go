@@ -94,6 +94,17 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 // Context is cancelled when the connection ends or its time is up.
 func (c *Conn) Context() context.Context { return c.ctx }
 
+type connCtxKey struct{}
+
+// ConnFrom returns the connection whose context ctx is or derives from
+// (the context that hooks and the accounts provider get), or nil. An
+// accounts provider that passes the client's address on (to Dovecot)
+// finds it this way.
+func ConnFrom(ctx context.Context) *Conn {
+	c, _ := ctx.Value(connCtxKey{}).(*Conn)
+	return c
+}
+
 // RemoteIP is the client's address (IPv4-mapped IPv6 addresses unmapped).
 func (c *Conn) RemoteIP() netip.Addr { return c.remote.Addr() }
 

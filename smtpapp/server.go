@@ -388,6 +388,7 @@ func (s *Server) newConn(raw net.Conn) *Conn {
 		local:  addrPortOf(raw.LocalAddr()),
 		wire:   w,
 	}
+	c.ctx = context.WithValue(ctx, connCtxKey{}, c)
 	w.conn = c
 	c.logger = s.logger.With(zap.String("conn", c.ID), zap.String("remote", c.remote.String()))
 	s.metrics.accepted.WithLabelValues(s.name).Inc()
