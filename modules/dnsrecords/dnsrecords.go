@@ -264,7 +264,7 @@ func Build(ctx context.Context, c *config, storage certmagic.Storage) ([]Domain,
 	} else if hs := app.Hostnames(); len(hs) > 0 {
 		web = hs[0]
 	}
-	dkimSel, dkimOn, dkimDomains := dkimSettings(app)
+	dkimSels, dkimOn, dkimDomains := dkimSettings(app)
 	var out []Domain
 	for _, d := range app.Domains() {
 		dom := Domain{Name: d}
@@ -295,12 +295,14 @@ func Build(ctx context.Context, c *config, storage certmagic.Storage) ([]Domain,
 		case len(dkimDomains) > 0 && !contains(dkimDomains, d):
 			dom.Notes = append(dom.Notes, "no DKIM: the queue's dkim.domains does not list "+d)
 		default:
-			rec, err := dkimRecord(ctx, storage, d, dkimSel)
-			if err != nil {
-				dom.Notes = append(dom.Notes, fmt.Sprintf("no DKIM record yet for selector %s: %v", dkimSel, err))
-			} else if err := add("DKIM: the public key of the outbound queue's signing key (Caddy storage).", "v=DKIM1", false,
-				"%s._domainkey.%s. %d IN TXT %s", dkimSel, d, TTL, txtStrings(rec)); err != nil {
-				return nil, err
+			for _, dkimSel := range dkimSels {
+				rec, err := dkimRecord(ctx, storage, d, dkimSel)
+				if err != nil {
+					dom.Notes = append(dom.Notes, fmt.Sprintf("no DKIM record yet for selector %s: %v", dkimSel, err))
+				} else if err := add("DKIM: the public key of one of the outbound queue's signing keys (Caddy storage).", "v=DKIM1", false,
+					"%s._domainkey.%s. %d IN TXT %s", dkimSel, d, TTL, txtStrings(rec)); err != nil {
+					return nil, err
+				}
 			}
 		}
 		if err := add("DMARC: aggregate reports to the postmaster (a dedicated mailbox is better on a busy domain).", "v=DMARC1", true,
@@ -417,30 +419,55 @@ func txtStrings(s string) string {
 }
 
 // dkimSettings reads the outbound queue's dkim settings from the config:
-// selector, whether it signs, and the domains it signs for (empty: all).
-func dkimSettings(app *smtpapp.App) (selector string, on bool, domains []string) {
+// the selectors of its keys (RSA and Ed25519, as the queue's DKIMConfig
+// lays them out), whether it signs, and the domains it signs for (empty:
+// all).
+func dkimSettings(app *smtpapp.App) (selectors []string, on bool, domains []string) {
 	var q struct {
 		Target string `json:"target"`
 		DKIM   *struct {
-			Disable  bool     `json:"disable"`
-			Selector string   `json:"selector"`
-			Domains  []string `json:"domains"`
+			Disable         bool     `json:"disable"`
+			Selector        string   `json:"selector"`
+			Ed25519Selector string   `json:"ed25519_selector"`
+			Algorithms      []string `json:"algorithms"`
+			KeyType         string   `json:"key_type"`
+			Domains         []string `json:"domains"`
 		} `json:"dkim"`
 	}
 	if app.OutboundRaw == nil || json.Unmarshal(app.OutboundRaw, &q) != nil || q.Target != "queue" {
-		return "", false, nil
+		return nil, false, nil
 	}
-	selector = "caddysmtp"
-	if q.DKIM != nil {
-		if q.DKIM.Disable {
-			return "", false, nil
+	selector, edSelector, algs := "caddysmtp", "", []string{"rsa", "ed25519"}
+	if dk := q.DKIM; dk != nil {
+		if dk.Disable {
+			return nil, false, nil
 		}
-		if q.DKIM.Selector != "" {
-			selector = q.DKIM.Selector
+		if dk.Selector != "" {
+			selector = dk.Selector
 		}
-		domains = q.DKIM.Domains
+		edSelector, domains = dk.Ed25519Selector, dk.Domains
+		if len(dk.Algorithms) > 0 {
+			algs = dk.Algorithms
+		}
+		if dk.KeyType == "ed25519" { // the earlier setting: Ed25519 only, under selector
+			algs = []string{"ed25519"}
+			if edSelector == "" {
+				edSelector = selector
+			}
+		}
 	}
-	return selector, true, domains
+	if edSelector == "" {
+		edSelector = selector + "-ed25519"
+	}
+	for _, a := range algs {
+		switch a {
+		case "rsa":
+			selectors = append(selectors, selector)
+		case "ed25519":
+			selectors = append(selectors, edSelector)
+		}
+	}
+	return selectors, true, domains
 }
 
 // DKIMStorageKey is where the queue keeps a domain's DKIM key (PEM) in

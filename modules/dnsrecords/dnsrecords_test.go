@@ -52,6 +52,9 @@ func exampleConfig(t *testing.T) []byte {
 	dkimKey := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{1}, 32))
 	der, _ := x509.MarshalPKCS8PrivateKey(dkimKey)
 	store("smtp/dkim/example.test/caddysmtp.key", &pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	edKey := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{3}, 32)) // the queue's second key (RFC 8463)
+	edDER, _ := x509.MarshalPKCS8PrivateKey(edKey)
+	store("smtp/dkim/example.test/caddysmtp-ed25519.key", &pem.Block{Type: "PRIVATE KEY", Bytes: edDER})
 	certKey := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{2}, 32))
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mail.example.test"},
 		DNSNames: []string{"mail.example.test"}, NotBefore: time.Unix(1700000000, 0), NotAfter: time.Unix(1800000000, 0)}
