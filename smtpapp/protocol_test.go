@@ -249,8 +249,16 @@ func TestBDATFraming(t *testing.T) {
 	if r := c3.Read(); r.Code != 250 {
 		t.Fatalf("BDAT LAST: %s", r)
 	}
-	if n := len(aliceMail(t, env)); n != 1 {
-		t.Fatalf("want 1 message, got %d", n)
+	// RFC 3030: the last chunk may be empty.
+	c3.Expect("MAIL FROM:<sender@example.org>", 250)
+	c3.Expect("RCPT TO:<alice@example.test>", 250)
+	c3.Send("BDAT 18\r\nSubject: y\r\n\r\nok\r\n")
+	c3.Read()
+	if r := c3.Cmd("BDAT 0 LAST"); r.Code != 250 {
+		t.Fatalf("BDAT 0 LAST: %s", r)
+	}
+	if n := len(aliceMail(t, env)); n != 2 {
+		t.Fatalf("want 2 messages, got %d", n)
 	}
 }
 

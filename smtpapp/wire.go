@@ -330,8 +330,11 @@ func (w *wire) bdatCommand(line []byte, arg string) error {
 		w.scan = bodyScan{}
 	}
 	w.chunkLeft, w.lastChunk = int64(size), last
-	if size > 0 {
+	switch {
+	case size > 0:
 		w.mode = modeChunk
+	case last: // "BDAT 0 LAST" ends the message with no more bytes
+		w.scan.finish()
 	}
 	return w.forward(line, "BDAT")
 }
