@@ -97,9 +97,10 @@ func DefaultServers(hostname string) map[string]*Server {
 // by module name; smtpapp imports no module):
 //
 //  1. ban: 10 abuse events in 10m ban the address for 1h;
-//  2. ratelimit (zone "mx"): per address 30 connections a minute, 10 at
-//     once, 100 messages, 500 recipients and 200 MiB an hour, 5 failed
-//     AUTH in 15m;
+//  2. ratelimit (zone "mx"): per address 60 connections a minute, 10 at
+//     once, 1000 messages, 5000 recipients and 2 GiB an hour (a big
+//     provider's outbound host delivers that much to a busy domain), 5
+//     failed AUTH in 15m;
 //  3. tarpit: a 2s greeting delay (early talkers are refused), 1s more per
 //     error, at most 10s a reply;
 //  4. helo: forged HELO refused, bad syntax 2, not a FQDN 1, no reverse
@@ -121,11 +122,11 @@ func DefaultMXHandlers() []json.RawMessage {
 		defaultBan(),
 		caddyconfig.JSONModuleObject(map[string]any{
 			"zone":          "mx",
-			"connections":   rate(30, "1m"),
+			"connections":   rate(60, "1m"),
 			"concurrent":    10,
-			"messages":      rate(100, "1h"),
-			"recipients":    rate(500, "1h"),
-			"bytes":         rate(200<<20, "1h"),
+			"messages":      rate(1000, "1h"),
+			"recipients":    rate(5000, "1h"),
+			"bytes":         rate(2<<30, "1h"),
 			"auth_failures": rate(5, "15m"),
 		}, "handler", "ratelimit", nil),
 		caddyconfig.JSONModuleObject(map[string]any{
