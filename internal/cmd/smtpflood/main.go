@@ -59,6 +59,7 @@ type config struct {
 	maxProbe      time.Duration
 	abortRSS      int64
 	rcpt          string
+	ehlo          bool // idle: say EHLO before sitting idle
 }
 
 func main() {
@@ -89,6 +90,7 @@ func run() int {
 	flag.DurationVar(&c.maxProbe, "max-probe", 2*time.Second, "goal: each probe's 250 within this time of its connect")
 	flag.Int64Var(&abortRSSMiB, "abort-rss", 3072, "abort the scenario when the server's RSS passes this many MiB")
 	flag.StringVar(&c.rcpt, "rcpt", "alice@example.test", "recipient of the flood and the probes")
+	flag.BoolVar(&c.ehlo, "ehlo", false, "idle: send EHLO, then sit idle (a session, not just a connection)")
 	flag.Parse()
 
 	fail := func(format string, args ...any) int {
@@ -534,6 +536,12 @@ func floodConn(ctx context.Context, c config, src netip.Addr, body []byte, st *s
 		} else {
 			st.outcome("held: body sent, no final dot")
 		}
+	} else if err == nil && c.ehlo {
+		if code, _, err := s.cmd("EHLO flood.test"); err != nil || code != 250 {
+			st.outcome(fmt.Sprintf("refused: EHLO %d", code))
+			return
+		}
+		st.outcome("held: idle after EHLO")
 	} else if err == nil {
 		st.outcome("held: idle after the greeting")
 	}
