@@ -187,14 +187,16 @@ func (ss *session) rcpt(to string) error {
 		c.Emit(Event{Kind: EventProtocolError, Detail: "bad recipient address"})
 		return c.reply(replyOf(err), true)
 	}
-	rcpt, err := c.route(addr)
+	rcpts, err := c.route(addr)
 	if err != nil {
 		return err
 	}
-	if err := ss.srv.hooks.runRcpt(c, rcpt); err != nil {
-		return err
+	for _, rcpt := range rcpts {
+		if err := ss.srv.hooks.runRcpt(c, rcpt); err != nil {
+			return err
+		}
 	}
-	c.addRecipient(rcpt)
+	c.addRecipients(rcpts)
 	return nil
 }
 
