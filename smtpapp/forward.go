@@ -147,7 +147,7 @@ func (c *Conn) routeSRS(addr Address) (Recipient, error) {
 	}
 	orig, _, err := app.ReverseSRS(c.ctx, addr)
 	switch {
-	case errors.Is(err, errSRSInvalid):
+	case errors.Is(err, ErrSRSInvalid):
 		return Recipient{}, noSuch("SRS address does not verify")
 	case err != nil:
 		c.logger.Error("SRS secret unavailable", to, zap.Error(err))
@@ -280,4 +280,17 @@ func (m *Message) withField(name, value string) *Message {
 	cp := *m
 	cp.AddHeader(name, value)
 	return &cp
+}
+
+// forwardLoop returns the forwarding address that a Delivered-To value
+// names ("" for none): the message was forwarded by this server already
+// (the field is ours, see outboundBatches) and has come back.
+func forwardLoop(forwarders []string, value []byte) string {
+	v := strings.Trim(strings.TrimSpace(string(value)), "<>")
+	for _, f := range forwarders {
+		if strings.EqualFold(v, f) {
+			return f
+		}
+	}
+	return ""
 }

@@ -298,10 +298,14 @@ func (ss *session) checkHeader(msg *Message) (release func(), err error) {
 		return nil, c.reply(replyBusy, false)
 	}
 	hops := 0
+	forwarders, loop := c.forwardedFor(), ""
 	err = msg.removeHeaderFields(func(name, value []byte) bool {
 		if bytes.EqualFold(name, []byte("Received")) {
 			hops++
 			return false
+		}
+		if loop == "" && len(forwarders) > 0 && bytes.EqualFold(name, []byte("Delivered-To")) {
+			loop = forwardLoop(forwarders, value)
 		}
 		return srv.foreignField(name, value)
 	})
@@ -313,6 +317,10 @@ func (ss *session) checkHeader(msg *Message) (release func(), err error) {
 		release()
 		c.logger.Error("reading the header section", zap.Error(err))
 		return nil, c.reply(replyDeliveryFailed, false)
+	case loop != "":
+		release()
+		return nil, c.refuse(refusal{stage: "data", err: replyForwardLoop, label: "forward_loop", reason: "forwarding loop",
+			msg: msg, fields: []zap.Field{zap.String("delivered_to", loop)}})
 	case hops > srv.limits.MaxHops:
 		release()
 		return nil, c.refuse(refusal{stage: "data", err: replyTooManyHops, label: "too_many_hops", reason: "mail loop",

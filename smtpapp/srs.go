@@ -40,11 +40,11 @@ const (
 	srsSecretKey = "smtp/srs/secret"
 )
 
-// errNotSRS: the address is not in SRS form. errSRSInvalid: it is, but it
+// errNotSRS: the address is not in SRS form. ErrSRSInvalid: it is, but it
 // does not verify (bad hash, expired or malformed).
 var (
 	errNotSRS     = errors.New("not an SRS address")
-	errSRSInvalid = errors.New("SRS address does not verify")
+	ErrSRSInvalid = errors.New("SRS address does not verify")
 )
 
 // IsSRS reports whether a local part has the SRS0/SRS1 form (any case,
@@ -104,11 +104,11 @@ func SRSForward(secret []byte, sender, aliasDomain string, now time.Time) (strin
 		rest := local[5:]
 		i := strings.IndexByte(rest, '=')
 		if i < 0 {
-			return "", errSRSInvalid
+			return "", ErrSRSInvalid
 		}
 		host, user, ok := strings.Cut(rest[i+1:], "=")
 		if !ok || host == "" {
-			return "", errSRSInvalid
+			return "", ErrSRSInvalid
 		}
 		return "SRS1=" + srsHash(secret, host, user) + "=" + host + "=" + user + "@" + aliasDomain, nil
 	}
@@ -123,7 +123,7 @@ func SRSForward(secret []byte, sender, aliasDomain string, now time.Time) (strin
 // SRSReverse checks an SRS local part (the domain is ours) and returns the
 // address it stands for: the original sender for SRS0, the first
 // forwarder's SRS0 address for SRS1. errNotSRS for a local part not in
-// SRS form; errSRSInvalid for one that does not verify (hash compared
+// SRS form; ErrSRSInvalid for one that does not verify (hash compared
 // without regard to case, as mail systems may lower-case it).
 func SRSReverse(secret []byte, local string, now time.Time, maxAge time.Duration) (string, error) {
 	if !IsSRS(local) {
@@ -133,21 +133,21 @@ func SRSReverse(secret []byte, local string, now time.Time, maxAge time.Duration
 	if tag == "SRS1" {
 		hash, rest, ok := strings.Cut(rest, "=")
 		if !ok {
-			return "", errSRSInvalid
+			return "", ErrSRSInvalid
 		}
 		host, user, ok := strings.Cut(rest, "=")
 		if !ok || host == "" || user == "" || !srsHashOK(hash, srsHash(secret, host, user)) {
-			return "", errSRSInvalid
+			return "", ErrSRSInvalid
 		}
 		return "SRS0" + user + "@" + host, nil
 	}
 	parts := strings.SplitN(rest, "=", 4)
 	if len(parts) != 4 || parts[2] == "" || parts[3] == "" {
-		return "", errSRSInvalid
+		return "", ErrSRSInvalid
 	}
 	hash, stamp, host, user := parts[0], parts[1], parts[2], parts[3]
 	if !srsHashOK(hash, srsHash(secret, stamp, host, user)) || !srsStampOK(stamp, now, maxAge) {
-		return "", errSRSInvalid
+		return "", ErrSRSInvalid
 	}
 	return user + "@" + host, nil
 }
