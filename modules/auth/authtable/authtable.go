@@ -42,11 +42,11 @@ type Forward struct {
 
 // Table is an in-memory accounts table, shared by the accounts providers.
 type Table struct {
-	forwards map[string][]string // forwarding address -> targets
-	dummy  []byte                     // for unknown users: the highest cost in use
-	hashes map[string][]byte          // account -> bcrypt hash
-	routes map[string]string          // address or alias -> account
-	sendAs map[string]map[string]bool // account -> extra senders
+	forwards map[string][]string        // forwarding address -> targets
+	dummy    []byte                     // for unknown users: the highest cost in use
+	hashes   map[string][]byte          // account -> bcrypt hash
+	routes   map[string]string          // address or alias -> account
+	sendAs   map[string]map[string]bool // account -> extra senders
 }
 
 // dummyHashes make a failed login for an unknown user cost the same bcrypt
