@@ -184,11 +184,13 @@ func (t *Table) AddForwards(forwards []Forward, field string) error {
 		}
 		targets := make([]string, 0, len(f.To))
 		for j, to := range f.To {
-			target, err := canonical(to)
+			// The local part keeps its case: another domain's may matter.
+			ta, err := smtpapp.ParseAddress(strings.TrimSpace(to))
 			if err != nil {
-				return fmt.Errorf("%s[%d].to[%d]: %v", field, i, j, err)
+				return fmt.Errorf("%s[%d].to[%d]: %q is not a valid address", field, i, j, to)
 			}
-			if target == addr {
+			target := ta.String()
+			if strings.EqualFold(target, addr) {
 				return fmt.Errorf("%s[%d].to[%d]: %s forwards to itself", field, i, j, addr)
 			}
 			targets = append(targets, target)
