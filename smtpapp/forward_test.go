@@ -44,6 +44,10 @@ func TestForwardRemoteWithSRS(t *testing.T) {
 	if !srsAddr.MatchString(m.From) || strings.Join(m.To, ",") != "someone@example.org" {
 		t.Fatalf("forwarded copy: from %q to %v", m.From, m.To)
 	}
+	// The secret was made on first use, in Caddy's storage.
+	if secret, err := os.ReadFile(r.env.Path("caddy", "smtp", "srs", "secret")); err != nil || len(strings.TrimSpace(string(secret))) < 32 {
+		t.Fatalf("SRS secret in storage: %q, %v", secret, err)
+	}
 	if !strings.Contains(string(m.Data), "Delivered-To: fwd@example.test\r\n") || !strings.Contains(string(m.Data), "Subject: forward me") {
 		t.Fatalf("forwarded copy:\n%s", m.Data)
 	}

@@ -198,6 +198,9 @@ func (k *srsKeys) get(ctx context.Context, storage certmagic.Storage) ([]byte, e
 
 // srsSecretFor returns the app's SRS secret.
 func (a *App) srsSecretFor(ctx context.Context) ([]byte, error) {
+	if a.srs == nil {
+		return nil, errors.New("the smtp app is not provisioned")
+	}
 	return a.srs.get(ctx, a.ctx.Storage())
 }
 
