@@ -100,6 +100,7 @@ type App struct {
 	catchAll      map[string]string // domain -> account
 	bodyMemory    *memoryBudget
 	authFailures  *authFailures
+	srs           *srsKeys // the SRS secret, loaded on first use
 }
 
 // CaddyModule returns the Caddy module information.
@@ -113,6 +114,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	ctx.Context = context.WithValue(ctx.Context, appCtxKey{}, a)
 	a.ctx = ctx
 	a.logger = ctx.Logger()
+	a.srs = new(srsKeys)
 	if err := appMetrics.register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
@@ -205,7 +207,7 @@ func (a *App) provisionModules(ctx caddy.Context) error {
 		}
 		a.outbound = mod.(DeliveryTarget)
 	}
-	a.router = &router{local: a.localDelivery, outbound: a.outbound}
+	a.router = &router{local: a.localDelivery, outbound: a.outbound, srsSecret: a.srsSecretFor, isLocal: a.IsLocalDomain}
 	return nil
 }
 

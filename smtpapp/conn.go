@@ -264,12 +264,6 @@ func (c *Conn) startTransaction(from string, requireTLS bool) {
 	c.from, c.inMail, c.requireTLS = from, true, requireTLS
 }
 
-func (c *Conn) addRecipient(r Recipient) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.rcpts = append(c.rcpts, r)
-}
-
 func (c *Conn) resetTransaction() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -408,26 +402,39 @@ func (c *Conn) Pause(ctx context.Context, d time.Duration) (earlyTalker bool, er
 
 // route decides where a recipient goes: a local mailbox, the outbound
 // target (for authenticated users and trusted networks), or nowhere.
-func (c *Conn) route(addr Address) (Recipient, error) {
+// A local address that forwards becomes its targets (remote ones go to
+// the outbound target whoever the client is); a local address in SRS
+// form that verifies becomes the original sender.
+func (c *Conn) route(addr Address) ([]Recipient, error) {
 	app := c.server.app
 	if app.IsLocalDomain(addr.Domain) {
+		if IsSRS(addr.Local) {
+			r, err := c.routeSRS(addr)
+			if err != nil {
+				return nil, err
+			}
+			return []Recipient{r}, nil
+		}
+		if rcpts, ok, err := c.routeForward(addr); ok {
+			return rcpts, err
+		}
 		mb, err := app.LookupMailbox(c.ctx, addr)
 		switch {
 		case err == nil:
-			return Recipient{Address: addr.String(), Mailbox: mb}, nil
+			return []Recipient{{Address: addr.String(), Mailbox: mb}}, nil
 		case errors.Is(err, ErrNoSuchUser):
-			return Recipient{}, c.refuse(refusal{stage: "rcpt", err: replyNoSuchUser, label: "no_such_user", reason: "no such mailbox",
+			return nil, c.refuse(refusal{stage: "rcpt", err: replyNoSuchUser, label: "no_such_user", reason: "no such mailbox",
 				event: EventUnknownRecipient, detail: addr.String(), fields: []zap.Field{zap.String("to", addr.String())}})
 		default:
 			c.logger.Error("recipient lookup failed", zap.String("to", addr.String()), zap.Error(err))
-			return Recipient{}, c.reply(replyTempLookup, false)
+			return nil, c.reply(replyTempLookup, false)
 		}
 	}
 	if c.Account() == "" && !c.Trusted() || app.outbound == nil {
-		return Recipient{}, c.refuse(refusal{stage: "rcpt", err: replyRelayDenied, label: "relay_denied", reason: "relay denied",
+		return nil, c.refuse(refusal{stage: "rcpt", err: replyRelayDenied, label: "relay_denied", reason: "relay denied",
 			event: EventRelayDenied, detail: addr.String(), fields: []zap.Field{zap.String("to", addr.String())}})
 	}
-	return Recipient{Address: addr.String()}, nil
+	return []Recipient{{Address: addr.String()}}, nil
 }
 
 // AddRecipient adds a recipient to the current transaction, routed as
@@ -439,11 +446,11 @@ func (c *Conn) AddRecipient(address string) error {
 	if err != nil {
 		return err
 	}
-	r, err := c.route(addr)
+	rs, err := c.route(addr)
 	if err != nil {
 		return err
 	}
-	c.addRecipient(r)
+	c.addRecipients(rs)
 	return nil
 }
 

@@ -202,3 +202,13 @@ type Accounts interface {
 type SenderAuthorizer interface {
 	MaySendAs(ctx context.Context, account, address string) bool
 }
+
+// Forwarder is an optional Accounts extension: addresses that forward.
+// Forwards returns the targets of a local address that forwards (local
+// or remote addresses, lower-cased domains), nil for one that does not
+// (a mailbox, an alias or an unknown address). A remote target gets the
+// message through the outbound queue with an SRS sender; a local one is
+// routed as if given with RCPT TO (it may forward again).
+type Forwarder interface {
+	Forwards(ctx context.Context, address string) ([]string, error)
+}

@@ -17,6 +17,13 @@ type Recipient struct {
 	// Mailbox is the local account that receives it, or "" for a remote
 	// recipient (relayed through the outbound target).
 	Mailbox string `json:"mailbox,omitempty"`
+	// ForwardedFor is the local address whose forwarding made this
+	// recipient (an alias that forwards, or an SRS address a bounce was
+	// sent to), "" for a recipient given as it is. A remote recipient
+	// with it goes to the outbound target whoever the client is (the
+	// domain owner chose to forward, it is no relay), in an envelope of
+	// its own whose sender is rewritten with SRS.
+	ForwardedFor string `json:"forwarded_for,omitempty"`
 }
 
 // Local reports whether the recipient is a local mailbox.

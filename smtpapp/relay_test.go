@@ -22,7 +22,7 @@ type relaySetup struct {
 	queue   string // the queue's spool folder
 }
 
-func startRelay(t *testing.T) *relaySetup {
+func startRelay(t *testing.T, mods ...func(app map[string]any)) *relaySetup {
 	dns := testenv.StartDNS(t)
 	mxs, port := testenv.StartMXs(t, []string{"127.0.0.2"}, testenv.MXOptions{Host: "mx.example.org"})
 	dns.Add(t, "example.org. 60 IN MX 10 mx.example.org.", "mx.example.org. 60 IN A 127.0.0.2")
@@ -39,6 +39,9 @@ func startRelay(t *testing.T) *relaySetup {
 		app["servers"].(map[string]any)["relay"] = map[string]any{
 			"listen": []string{r.trusted}, "hostname": "mail.example.test",
 			"tls": map[string]any{"disable_starttls": true}, "trusted_networks": []string{"127.0.0.1/32"},
+		}
+		for _, m := range mods {
+			m(app)
 		}
 	})
 	return r

@@ -16,6 +16,10 @@ import (
 type router struct {
 	local    DeliveryTarget
 	outbound DeliveryTarget // nil: nothing is relayed
+	// srsSecret gives the SRS secret for forwarded copies; isLocal
+	// tells a local domain (whose senders are not rewritten).
+	srsSecret func(context.Context) ([]byte, error)
+	isLocal   func(string) bool
 }
 
 // deliver returns nil once every recipient is taken care of: stored,
@@ -47,11 +51,14 @@ func (r *router) deliver(ctx context.Context, env *Envelope, msg *Message, log *
 		}
 	}
 	if len(remote) > 0 {
-		e := *env
-		e.Recipients = remote
-		e.Junk = false
-		if err := r.outbound.Deliver(ctx, &e, msg); err != nil {
+		batches, err := r.outboundBatches(ctx, env, msg, remote)
+		if err != nil {
 			return fmt.Errorf("outbound: %w", err)
+		}
+		for _, b := range batches {
+			if err := r.outbound.Deliver(ctx, b.env, b.msg); err != nil {
+				return fmt.Errorf("outbound: %w", err)
+			}
 		}
 	}
 	if err := commit(); err != nil {

@@ -187,14 +187,16 @@ func (ss *session) rcpt(to string) error {
 		c.Emit(Event{Kind: EventProtocolError, Detail: "bad recipient address"})
 		return c.reply(replyOf(err), true)
 	}
-	rcpt, err := c.route(addr)
+	rcpts, err := c.route(addr)
 	if err != nil {
 		return err
 	}
-	if err := ss.srv.hooks.runRcpt(c, rcpt); err != nil {
-		return err
+	for _, rcpt := range rcpts {
+		if err := ss.srv.hooks.runRcpt(c, rcpt); err != nil {
+			return err
+		}
 	}
-	c.addRecipient(rcpt)
+	c.addRecipients(rcpts)
 	return nil
 }
 
@@ -296,10 +298,14 @@ func (ss *session) checkHeader(msg *Message) (release func(), err error) {
 		return nil, c.reply(replyBusy, false)
 	}
 	hops := 0
+	forwarders, loop := c.forwardedFor(), ""
 	err = msg.removeHeaderFields(func(name, value []byte) bool {
 		if bytes.EqualFold(name, []byte("Received")) {
 			hops++
 			return false
+		}
+		if loop == "" && len(forwarders) > 0 && bytes.EqualFold(name, []byte("Delivered-To")) {
+			loop = forwardLoop(forwarders, value)
 		}
 		return srv.foreignField(name, value)
 	})
@@ -311,6 +317,10 @@ func (ss *session) checkHeader(msg *Message) (release func(), err error) {
 		release()
 		c.logger.Error("reading the header section", zap.Error(err))
 		return nil, c.reply(replyDeliveryFailed, false)
+	case loop != "":
+		release()
+		return nil, c.refuse(refusal{stage: "data", err: replyForwardLoop, label: "forward_loop", reason: "forwarding loop",
+			msg: msg, fields: []zap.Field{zap.String("delivered_to", loop)}})
 	case hops > srv.limits.MaxHops:
 		release()
 		return nil, c.refuse(refusal{stage: "data", err: replyTooManyHops, label: "too_many_hops", reason: "mail loop",

@@ -332,7 +332,28 @@ func (e *engine) queueNotification(s *settings, in *dsnInput) error {
 		s.logger.Warn("no bounce: the sender address is invalid", zap.String("id", in.QueueID), zap.String("from", to))
 		return nil
 	}
+	// A bounce to an SRS address of ours (a forwarded copy that failed)
+	// goes to the original sender it stands for; a forged or expired one
+	// gets nothing.
+	orig, isSRS, err := s.app.ReverseSRS(e.ctx, addr)
+	if isSRS {
+		if err != nil && !errors.Is(err, smtpapp.ErrSRSInvalid) {
+			return fmt.Errorf("checking the sender's SRS address: %v", err)
+		}
+		if err != nil {
+			s.logger.Warn("no bounce: the sender's SRS address does not verify", zap.String("id", in.QueueID), zap.String("from", to), zap.Error(err))
+			return nil
+		}
+		if addr, err = smtpapp.ParseAddress(orig); err != nil || smtpapp.IsSRS(addr.Local) && s.app.IsLocalDomain(addr.Domain) {
+			s.logger.Warn("no bounce: the sender's SRS address stands for a bad address", zap.String("id", in.QueueID), zap.String("from", to))
+			return nil
+		}
+		to = addr.String()
+	}
 	rcpt := smtpapp.Recipient{Address: to}
+	if isSRS {
+		rcpt.ForwardedFor = in.Sender
+	}
 	if s.app.IsLocalDomain(addr.Domain) {
 		mb, err := s.app.LookupMailbox(e.ctx, addr)
 		if errors.Is(err, smtpapp.ErrNoSuchUser) {

@@ -28,12 +28,25 @@ type Account struct {
 	SendAs []string `json:"send_as,omitempty"`
 }
 
+// Forward is an address that forwards: its mail goes to the target
+// addresses, local or on other domains (remote ones through the outbound
+// queue with an SRS sender). It is neither an account nor an alias.
+type Forward struct {
+	// Address is the forwarding address, on a local domain.
+	Address string `json:"address"`
+	// To are the targets: addresses on any domain, at least one. A local
+	// target may forward again; a chain that comes back to an address
+	// on its way is refused as a loop.
+	To []string `json:"to"`
+}
+
 // Table is an in-memory accounts table, shared by the accounts providers.
 type Table struct {
-	dummy  []byte                     // for unknown users: the highest cost in use
-	hashes map[string][]byte          // account -> bcrypt hash
-	routes map[string]string          // address or alias -> account
-	sendAs map[string]map[string]bool // account -> extra senders
+	forwards map[string][]string        // forwarding address -> targets
+	dummy    []byte                     // for unknown users: the highest cost in use
+	hashes   map[string][]byte          // account -> bcrypt hash
+	routes   map[string]string          // address or alias -> account
+	sendAs   map[string]map[string]bool // account -> extra senders
 }
 
 // dummyHashes make a failed login for an unknown user cost the same bcrypt
@@ -149,4 +162,49 @@ func (t *Table) Lookup(address string) (string, error) {
 // MaySendAs reports whether account may use address as sender.
 func (t *Table) MaySendAs(account, address string) bool {
 	return t.sendAs[account][strings.ToLower(address)]
+}
+
+// AddForwards adds forwarding addresses; field names the config field in
+// errors. An address already an account or alias, or forwarding twice,
+// is an error.
+func (t *Table) AddForwards(forwards []Forward, field string) error {
+	for i, f := range forwards {
+		addr, err := canonical(f.Address)
+		if err != nil {
+			return fmt.Errorf("%s[%d].address: %v", field, i, err)
+		}
+		if acct, dup := t.routes[addr]; dup {
+			return fmt.Errorf("%s[%d].address: %s already belongs to %s", field, i, addr, acct)
+		}
+		if _, dup := t.forwards[addr]; dup {
+			return fmt.Errorf("%s[%d].address: %s forwards twice", field, i, addr)
+		}
+		if len(f.To) == 0 {
+			return fmt.Errorf("%s[%d].to: %s forwards to no address", field, i, addr)
+		}
+		targets := make([]string, 0, len(f.To))
+		for j, to := range f.To {
+			// The local part keeps its case: another domain's may matter.
+			ta, err := smtpapp.ParseAddress(strings.TrimSpace(to))
+			if err != nil {
+				return fmt.Errorf("%s[%d].to[%d]: %q is not a valid address", field, i, j, to)
+			}
+			target := ta.String()
+			if strings.EqualFold(target, addr) {
+				return fmt.Errorf("%s[%d].to[%d]: %s forwards to itself", field, i, j, addr)
+			}
+			targets = append(targets, target)
+		}
+		if t.forwards == nil {
+			t.forwards = map[string][]string{}
+		}
+		t.forwards[addr] = targets
+	}
+	return nil
+}
+
+// Forwards returns the targets of a forwarding address, nil for any
+// other address.
+func (t *Table) Forwards(address string) []string {
+	return t.forwards[strings.ToLower(address)]
 }

@@ -31,6 +31,11 @@ func init() {
 //	alice@example.test:$2a$10$...:postmaster@example.test,abuse@example.test
 //	bob@example.test:$2a$10$...
 //	shared@example.test:            (no password: receives mail, cannot log in)
+//	info@example.test:>bob@example.test,someone@example.org
+//
+// A line whose second field starts with ">" is a forwarding address, not
+// an account: its mail goes to the listed addresses, on local or other
+// domains (remote copies through the outbound queue with an SRS sender).
 //
 // The file is checked for changes at most every check_interval; a line that
 // cannot be parsed is logged with its line number and skipped, and a file
@@ -101,7 +106,7 @@ func (f *File) reload(force bool) {
 	if !force && st.ModTime().Equal(f.modTime) && st.Size() == f.size {
 		return
 	}
-	accounts, err := ParseFile(f.Path, func(line int, msg string) {
+	accounts, forwards, err := ParseUsersFile(f.Path, func(line int, msg string) {
 		f.logger.Warn("users file: line skipped", zap.String("path", f.Path), zap.Int("line", line), zap.String("reason", msg))
 	})
 	if err != nil {
@@ -112,7 +117,10 @@ func (f *File) reload(force bool) {
 		return
 	}
 	table, err := authtable.New(accounts, "accounts")
-	if err != nil { // ParseFile already dropped bad lines; this is a bug
+	if err == nil {
+		err = table.AddForwards(forwards, "forwards")
+	}
+	if err != nil { // ParseUsersFile already dropped bad lines; this is a bug
 		f.logger.Error("users file rejected", zap.Error(err))
 		return
 	}
@@ -126,21 +134,48 @@ func (f *File) reload(force bool) {
 	f.logger.Info("users file loaded", zap.String("path", f.Path), zap.Int("accounts", len(accounts)))
 }
 
-// ParseFile reads a users file; bad lines are reported through skip and
-// left out, and so are addresses defined twice (the first one wins).
+// ParseFile reads the accounts of a users file (forwarding lines are
+// left out); bad lines are reported through skip and left out, and so
+// are addresses defined twice (the first one wins).
 func ParseFile(path string, skip func(line int, msg string)) ([]authtable.Account, error) {
+	accounts, _, err := ParseUsersFile(path, skip)
+	return accounts, err
+}
+
+// ParseUsersFile reads the accounts and forwarding addresses of a users
+// file, as ParseFile.
+func ParseUsersFile(path string, skip func(line int, msg string)) ([]authtable.Account, []authtable.Forward, error) {
 	fh, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer fh.Close()
 	var out []authtable.Account
+	var forwards []authtable.Forward
 	seen := map[string]bool{}
 	sc := bufio.NewScanner(fh)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if fw, ok, err := ParseForwardLine(line); ok {
+			if err == nil {
+				var t *authtable.Table
+				if t, err = authtable.New(nil, "line"); err == nil {
+					err = t.AddForwards([]authtable.Forward{fw}, "line")
+				}
+			}
+			if err == nil && seen[strings.ToLower(fw.Address)] {
+				err = fmt.Errorf("%s is already defined above", fw.Address)
+			}
+			if err != nil {
+				skip(n, err.Error())
+				continue
+			}
+			seen[strings.ToLower(fw.Address)] = true
+			forwards = append(forwards, fw)
 			continue
 		}
 		a, err := ParseLine(line)
@@ -169,14 +204,38 @@ func ParseFile(path string, skip func(line int, msg string)) ([]authtable.Accoun
 		}
 		out = append(out, a)
 	}
-	return out, sc.Err()
+	return out, forwards, sc.Err()
 }
 
-// ParseLine parses `address:hash[:alias,alias...]`.
+// ParseForwardLine parses `address:>target,target...`; ok is false for a
+// line of another kind.
+func ParseForwardLine(line string) (fw authtable.Forward, ok bool, err error) {
+	addr, rest, found := strings.Cut(line, ":")
+	rest = strings.TrimSpace(rest)
+	if !found || !strings.HasPrefix(rest, ">") {
+		return fw, false, nil
+	}
+	fw.Address = strings.TrimSpace(addr)
+	for _, t := range strings.Split(rest[1:], ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			fw.To = append(fw.To, t)
+		}
+	}
+	if len(fw.To) == 0 {
+		return fw, true, fmt.Errorf("want address:>target[,target...]")
+	}
+	return fw, true, nil
+}
+
+// ParseLine parses `address:hash[:alias,alias...]` (a forwarding line is
+// an error).
 func ParseLine(line string) (authtable.Account, error) {
 	parts := strings.Split(line, ":")
 	if len(parts) < 2 || len(parts) > 3 {
 		return authtable.Account{}, fmt.Errorf("want address:bcrypt-hash[:aliases]")
+	}
+	if strings.HasPrefix(strings.TrimSpace(parts[1]), ">") {
+		return authtable.Account{}, fmt.Errorf("a forwarding line, not an account")
 	}
 	a := authtable.Account{Address: strings.TrimSpace(parts[0]), Password: strings.TrimSpace(parts[1])}
 	if len(parts) == 3 {
@@ -206,6 +265,11 @@ func (f *File) Authenticate(ctx context.Context, username, password string) (str
 // Lookup finds the account of an address.
 func (f *File) Lookup(ctx context.Context, address string) (string, error) {
 	return f.current().Lookup(address)
+}
+
+// Forwards returns the targets of a forwarding address.
+func (f *File) Forwards(ctx context.Context, address string) ([]string, error) {
+	return f.current().Forwards(address), nil
 }
 
 // UnmarshalCaddyfile sets up the module from Caddyfile tokens:
@@ -240,4 +304,5 @@ var (
 	_ caddy.Provisioner     = (*File)(nil)
 	_ caddyfile.Unmarshaler = (*File)(nil)
 	_ smtpapp.Accounts      = (*File)(nil)
+	_ smtpapp.Forwarder     = (*File)(nil)
 )

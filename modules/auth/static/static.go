@@ -21,6 +21,12 @@ type Static struct {
 	// Accounts are the local mail accounts.
 	Accounts []authtable.Account `json:"accounts,omitempty"`
 
+	// Forwarding lists addresses whose mail is forwarded to other addresses,
+	// on local or other domains (remote copies go through the outbound
+	// queue with an SRS sender, whoever sent them). A forwarding address
+	// is not an account and cannot log in.
+	Forwarding []authtable.Forward `json:"forwarding,omitempty"`
+
 	db *authtable.Table
 }
 
@@ -35,8 +41,16 @@ func (s *Static) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := db.AddForwards(s.Forwarding, "forwarding"); err != nil {
+		return err
+	}
 	s.db = db
 	return nil
+}
+
+// Forwards returns the targets of a forwarding address.
+func (s *Static) Forwards(ctx context.Context, address string) ([]string, error) {
+	return s.db.Forwards(address), nil
 }
 
 // Authenticate checks a login.
@@ -61,6 +75,7 @@ func (s *Static) MaySendAs(ctx context.Context, account, address string) bool {
 //			alias <address>...
 //			send_as <address>...
 //		}
+//		forward <address> <target>...
 //	}
 func (s *Static) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // module name
@@ -68,6 +83,14 @@ func (s *Static) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	for d.NextBlock(0) {
+		if d.Val() == "forward" {
+			args := d.RemainingArgs()
+			if len(args) < 2 {
+				return d.Errf("forward: want <address> <target>...")
+			}
+			s.Forwarding = append(s.Forwarding, authtable.Forward{Address: args[0], To: args[1:]})
+			continue
+		}
 		if d.Val() != "user" {
 			return d.Errf("unrecognized static accounts option %q", d.Val())
 		}
@@ -103,4 +126,5 @@ var (
 	_ caddyfile.Unmarshaler    = (*Static)(nil)
 	_ smtpapp.Accounts         = (*Static)(nil)
 	_ smtpapp.SenderAuthorizer = (*Static)(nil)
+	_ smtpapp.Forwarder        = (*Static)(nil)
 )
