@@ -136,6 +136,9 @@ func ParseAddressUTF8(s string) (Address, error) {
 		return Address{}, errBadAddress
 	}
 	local, domain := norm.NFC.String(s[:at]), s[at+1:]
+	if local != s[:at] && strings.ContainsAny(local, "@ <>\\\"") {
+		return Address{}, errBadAddress // no NFC mapping makes these; kept as a guard
+	}
 	if len(local) > 64 {
 		return Address{}, errTooLongLocal
 	}
