@@ -63,11 +63,16 @@ type Endpoint struct {
 	InternalCA bool `json:"internal_ca,omitempty"`
 }
 
-// Domains returns the local domains, lower-case, in config order.
+// Domains returns the local domains, lower-case (an IDN in A-label form),
+// in config order.
 func (a *App) Domains() []string {
 	out := make([]string, 0, len(a.LocalDomains))
 	for _, d := range a.LocalDomains {
-		d = normalizeDomain(d)
+		if c, ok := CanonicalDomain(d); ok {
+			d = c
+		} else {
+			d = normalizeDomain(d)
+		}
 		if !slices.Contains(out, d) {
 			out = append(out, d)
 		}

@@ -153,25 +153,25 @@ func (a *App) Provision(ctx caddy.Context) error {
 func (a *App) provisionDomains() error {
 	a.localDomains = make(map[string]bool)
 	for i, d := range a.LocalDomains {
-		d = normalizeDomain(d)
-		if !validDomain(d) {
+		d, ok := CanonicalDomain(d) // an IDN in either form: its A-label
+		if !ok {
 			return fmt.Errorf("local_domains[%d]: invalid domain %q", i, a.LocalDomains[i])
 		}
 		a.localDomains[d] = true
 	}
 	if a.Postmaster != "" {
-		pm, err := ParseAddress(a.Postmaster)
+		pm, err := ParseAddressUTF8(a.Postmaster)
 		if err != nil || !a.localDomains[pm.Domain] {
 			return fmt.Errorf("postmaster: %q is not an address on a local domain", a.Postmaster)
 		}
 	}
 	a.catchAll = make(map[string]string)
 	for d, account := range a.CatchAll {
-		domain := normalizeDomain(d)
+		domain, _ := CanonicalDomain(d)
 		if !a.localDomains[domain] {
 			return fmt.Errorf("catch_all: %q is not a local domain", d)
 		}
-		acct, err := ParseAddress(account)
+		acct, err := ParseAddressUTF8(account)
 		if err != nil || !a.localDomains[acct.Domain] {
 			return fmt.Errorf("catch_all.%s: %q is not an address on a local domain", d, account)
 		}
@@ -319,7 +319,7 @@ func (a *App) isOwnName(name string) bool {
 // taken to mean: the postmaster account's, else the first local domain.
 func (a *App) postmasterDomain() string {
 	if a.Postmaster != "" {
-		if pm, err := ParseAddress(a.Postmaster); err == nil {
+		if pm, err := ParseAddressUTF8(a.Postmaster); err == nil {
 			return pm.Domain
 		}
 	}
@@ -357,7 +357,8 @@ func (a *App) Stop() error {
 	return nil
 }
 
-// IsLocalDomain reports whether domain (lower-case) is one of the app's.
+// IsLocalDomain reports whether domain (lower-case, an IDN in A-label
+// form: see CanonicalDomain) is one of the app's.
 func (a *App) IsLocalDomain(domain string) bool { return a.localDomains[domain] }
 
 // LookupMailbox returns the local account for an address on a local domain:
@@ -386,7 +387,11 @@ func (a *App) lookupOwner(ctx context.Context, addr Address) (string, error) {
 		}
 	}
 	if err == ErrNoSuchUser && a.Postmaster != "" && strings.EqualFold(StripSubaddress(addr.Local), "postmaster") {
-		return a.accounts.Lookup(ctx, strings.ToLower(a.Postmaster))
+		pm, err := CanonicalAddress(a.Postmaster)
+		if err != nil {
+			return "", ErrNoSuchUser
+		}
+		return a.accounts.Lookup(ctx, pm)
 	}
 	return mb, err
 }

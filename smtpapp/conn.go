@@ -51,6 +51,7 @@ type Conn struct {
 	msgID        string     // the current message's ID, from DATA on
 	authMech     string     // the SASL mechanism of the last AUTH
 	requireTLS   bool       // the transaction's MAIL carried REQUIRETLS
+	smtputf8     bool       // the transaction's MAIL carried SMTPUTF8
 
 	closeOnce   sync.Once
 	releaseOnce sync.Once
@@ -258,11 +259,15 @@ func (c *Conn) SpamThresholds() (tag, reject float64) { return c.server.tagScore
 
 func (c *Conn) inTransaction() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.inMail }
 
-func (c *Conn) startTransaction(from string, requireTLS bool) {
+func (c *Conn) startTransaction(from string, requireTLS, smtputf8 bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.from, c.inMail, c.requireTLS = from, true, requireTLS
+	c.from, c.inMail, c.requireTLS, c.smtputf8 = from, true, requireTLS, smtputf8
 }
+
+// UTF8 reports whether the current transaction's MAIL carried SMTPUTF8
+// (RFC 6531): its addresses may hold UTF-8 (see ParseAddressUTF8).
+func (c *Conn) UTF8() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.smtputf8 }
 
 func (c *Conn) resetTransaction() {
 	c.mu.Lock()
@@ -273,6 +278,7 @@ func (c *Conn) resetTransaction() {
 	c.inMail = false
 	c.spf = nil
 	c.requireTLS = false
+	c.smtputf8 = false
 }
 
 // resetForTLS forgets what the client said before STARTTLS (RFC 3207
@@ -306,6 +312,7 @@ func (c *Conn) envelope() *Envelope {
 		Account:    c.account,
 		Received:   time.Now(),
 		RequireTLS: c.requireTLS,
+		UTF8:       c.smtputf8,
 	}
 }
 
@@ -442,7 +449,7 @@ func (c *Conn) route(addr Address) ([]Recipient, error) {
 // client may relay): for a Data hook whose filter adds recipients (a
 // milter's add-recipient). An address that RCPT would refuse is refused.
 func (c *Conn) AddRecipient(address string) error {
-	addr, err := ParseAddress(address)
+	addr, err := parseAddress(address, c.UTF8())
 	if err != nil {
 		return err
 	}
@@ -458,7 +465,7 @@ func (c *Conn) AddRecipient(address string) error {
 // filter's decision after DATA); it reports whether it was there. A
 // message left with no recipient is accepted and delivered to no one.
 func (c *Conn) RemoveRecipient(address string) bool {
-	addr, err := ParseAddress(address)
+	addr, err := parseAddress(address, c.UTF8())
 	if err != nil {
 		return false
 	}

@@ -55,6 +55,9 @@ func (a *App) defaultHostname() string {
 	if len(a.LocalDomains) == 0 {
 		return ""
 	}
+	if d, ok := CanonicalDomain(a.LocalDomains[0]); ok {
+		return "mail." + d
+	}
 	return "mail." + normalizeDomain(a.LocalDomains[0])
 }
 

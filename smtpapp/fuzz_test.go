@@ -15,8 +15,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/emersion/go-sasl"
+	"golang.org/x/text/unicode/norm"
 )
 
 func isASCII(s string) bool {
@@ -39,8 +42,21 @@ func FuzzParseAddress(f *testing.F) {
 	} {
 		f.Add(s)
 	}
+	// The UTF-8 mode (MAIL ... SMTPUTF8).
+	for _, s := range []string{
+		"jürgen@bücher.example", "JÜRGEN@BÜCHER.example.", "ju\u0308rgen@xn--bcher-kva.example", "用户@例子.example",
+		"пользователь@почта.рф", "a@xn--bcher-kva.example", "a@xn--zz.example", "a@bücher.xn--zz", "evil\u202e@x.example",
+		"a\u200b@x.example", "a\u00a0b@x.example", "a\u0085@x.example", "a\ue000@x.example", "a\ufeff@x.example", "j\xfcrgen@x.example",
+		"a@b\xfc.example", "\"jü@evil\"@x.example", "jü@x@y", "ü@[127.0.0.1]", "a@-ü.example", "a@ü-.example", "a@ü..example",
+		"a@ü_x.example", "a@ß.example", "a@ＥＸＡＭＰＬＥ.test", "a@例子。example", "\u037e@x.example", "\u212aate@x.example",
+		"a@\u0661\u0662.example", "a@a\u05d0.example", "a@\u200d.example", strings.Repeat("ü", 32) + "@x", strings.Repeat("ü", 33) + "@x",
+		"a@" + strings.Repeat("ü", 60) + ".example", "ü@\U0001F600.example", "\U0001F600@x.example",
+	} {
+		f.Add(s)
+	}
 	known := []error{errBadAddress, errNonASCII, errAddrLiteral, errTooLongLocal}
 	f.Fuzz(func(t *testing.T, s string) {
+		checkUTF8Mode(t, s)
 		a, err := ParseAddress(s)
 		if err != nil {
 			for _, k := range known {
@@ -74,6 +90,51 @@ func FuzzParseAddress(f *testing.F) {
 			t.Fatalf("ParseAddress(%q) = %q, but its String() parses to %q, %v", s, a, b, err)
 		}
 	})
+}
+
+// checkUTF8Mode: ParseAddressUTF8 returns a known error, or an address
+// whose local part is valid, NFC, graphic UTF-8 without the characters
+// ASCII mode refuses, and whose domain is a lower-case A-label host name;
+// it accepts all that ParseAddress accepts, the same way, and parses its
+// own output to the same address.
+func checkUTF8Mode(t *testing.T, s string) {
+	a, err := ParseAddressUTF8(s)
+	if err != nil {
+		switch err {
+		case errBadAddress, errAddrLiteral, errTooLongLocal, errBadUTF8:
+		default:
+			t.Fatalf("ParseAddressUTF8(%q): unexpected error %v", s, err)
+		}
+		if _, aerr := ParseAddress(s); aerr == nil {
+			t.Fatalf("ParseAddressUTF8(%q) refuses (%v) what ParseAddress accepts", s, err)
+		}
+		return
+	}
+	if a.Local == "" || len(a.Local) > 64 || strings.ContainsAny(a.Local, "@ <>\\\"") || !utf8.ValidString(a.Local) || !norm.NFC.IsNormalString(a.Local) {
+		t.Fatalf("ParseAddressUTF8(%q): bad local part %q", s, a.Local)
+	}
+	for _, r := range a.Local {
+		if r < 0x21 || r == 0x7f || r >= 0x80 && (!unicode.IsGraphic(r) || unicode.IsSpace(r)) {
+			t.Fatalf("ParseAddressUTF8(%q): rune %U in the local part", s, r)
+		}
+	}
+	if !IsASCII(a.Domain) || a.Domain != strings.ToLower(a.Domain) || strings.HasSuffix(a.Domain, ".") || !ValidHostname(a.Domain) {
+		t.Fatalf("ParseAddressUTF8(%q): domain %q not an A-label host name", s, a.Domain)
+	}
+	if d, ok := CanonicalDomain(a.Domain); !ok || d != a.Domain {
+		t.Fatalf("ParseAddressUTF8(%q): domain %q not canonical (%q)", s, a.Domain, d)
+	}
+	if b, err := ParseAddressUTF8(a.String()); err != nil || b != a {
+		t.Fatalf("ParseAddressUTF8(%q) = %q, but its String() parses to %q, %v", s, a, b, err)
+	}
+	if b, err := ParseAddress(s); err == nil && b != a {
+		t.Fatalf("ParseAddress(%q) = %q, ParseAddressUTF8 = %q", s, b, a)
+	}
+	if !IsASCII(a.Local) {
+		if _, err := ParseAddress(a.String()); err != errNonASCII {
+			t.Fatalf("ParseAddress(%q) without SMTPUTF8: %v, want 553 5.6.7", a, err)
+		}
+	}
 }
 
 func FuzzValidHostname(f *testing.F) {

@@ -51,6 +51,12 @@ type Envelope struct {
 	// only be relayed over validated TLS (DANE or MTA-STS) to a server
 	// that offers REQUIRETLS.
 	RequireTLS bool `json:"require_tls,omitempty"`
+	// UTF8: MAIL FROM carried SMTPUTF8 (RFC 6531): the addresses (local
+	// parts in UTF-8; domains are always in A-label form) and the header
+	// section may hold UTF-8. A relay passes SMTPUTF8 on, and must not
+	// hand such a message to a server without SMTPUTF8 unless nothing in
+	// it needs the extension (the queue's rule).
+	UTF8 bool `json:"utf8,omitempty"`
 }
 
 // Message is an accepted message: the header fields added by the server,

@@ -87,7 +87,7 @@ func TestRepliesSameOnEveryPort(t *testing.T) {
 				{"MAILFROM:<a@example.org>", 500, "5.5.2"},
 				{"", 500, "5.5.2"},
 				{"MAIL FROM:<" + sender(k) + "> FOO=bar", 555, "5.5.4"},
-				{"MAIL FROM:<" + sender(k) + "> SMTPUTF8", 555, "5.5.4"},
+				{"MAIL FROM:<jürgen@example.org>", 553, "5.6.7"}, // UTF-8 without SMTPUTF8
 				{"MAIL FROM:<" + sender(k) + "> RET=FULL", 555, "5.5.4"},
 				{"MAIL FROM:<" + sender(k) + "> BODY=BINARYMIME", 555, "5.5.4"},
 				{"MAIL FROM:<" + sender(k), 501, "5.5.2"},

@@ -91,7 +91,6 @@ var goSMTPReplies = map[string]string{
 	"500 5.5.4 Unknown RCPT TO argument\r\n":                                      "555 5.5.4 RCPT TO parameter not recognized or not implemented\r\n",
 	"500 5.5.4 Malformed AUTH parameter value\r\n":                                "501 5.5.4 Syntax error in the AUTH parameter\r\n",
 	"500 5.5.4 Malformed AUTH parameter mailbox\r\n":                              "501 5.5.4 Syntax error in the AUTH parameter\r\n",
-	"504 5.5.4 SMTPUTF8 is not implemented\r\n":                                   "555 5.5.4 SMTPUTF8 is not supported\r\n",
 	"504 5.5.4 REQUIRETLS is not implemented\r\n":                                 "555 5.5.4 REQUIRETLS is not supported\r\n",
 	"504 5.5.4 BINARYMIME is not implemented\r\n":                                 "555 5.5.4 BINARYMIME is not supported\r\n",
 	"504 5.5.4 RET is not implemented\r\n":                                        "555 5.5.4 DSN (RET) is not supported\r\n",

@@ -311,6 +311,10 @@ func (s *Server) newGoSMTP() *smtp.Server {
 	// REQUIRETLS (RFC 8689): go-smtp accepts the parameter; the wire
 	// advertises it only under TLS and refuses it without.
 	gs.EnableREQUIRETLS = true
+	// SMTPUTF8 (RFC 6531): advertised in EHLO (the wire passes the line
+	// as it is); a transaction with it takes UTF-8 addresses
+	// (ParseAddressUTF8), one without keeps the ASCII rules.
+	gs.EnableSMTPUTF8 = true
 	gs.ErrorLog = zapPrintf{s.logger}
 	return gs
 }

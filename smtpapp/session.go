@@ -113,12 +113,12 @@ func (ss *session) authFailed(reply *Error) error {
 }
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
-	return ss.mail(from, opts != nil && opts.RequireTLS)
+	return ss.mail(from, opts != nil && opts.RequireTLS, opts != nil && opts.UTF8)
 }
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error { return ss.rcpt(to) }
 
-func (ss *session) mail(from string, requireTLS bool) error {
+func (ss *session) mail(from string, requireTLS, smtputf8 bool) error {
 	c := ss.c
 	if int(ss.messages.Load()) >= ss.srv.limits.MaxMessages {
 		return c.refuse(refusal{stage: "mail", err: replyTooManyMessages, label: "too_many_messages"})
@@ -131,7 +131,7 @@ func (ss *session) mail(from string, requireTLS bool) error {
 		return c.reply(replyAuthRequired, true)
 	}
 	if from != "" {
-		addr, err := ParseAddress(from)
+		addr, err := parseAddress(from, smtputf8)
 		if err != nil {
 			c.Emit(Event{Kind: EventProtocolError, Detail: "bad sender address"})
 			return c.reply(replyOf(err), true)
@@ -143,7 +143,7 @@ func (ss *session) mail(from string, requireTLS bool) error {
 	} else if account != "" {
 		return c.reply(replyNullSender, true)
 	}
-	c.startTransaction(from, requireTLS)
+	c.startTransaction(from, requireTLS, smtputf8)
 	if err := ss.srv.hooks.runMail(c, from); err != nil {
 		c.resetTransaction()
 		return err
@@ -182,7 +182,7 @@ func (ss *session) ownsSender(account string, addr Address) bool {
 
 func (ss *session) rcpt(to string) error {
 	c := ss.c
-	addr, err := ParseAddress(to)
+	addr, err := parseAddress(to, c.UTF8())
 	if err != nil {
 		c.Emit(Event{Kind: EventProtocolError, Detail: "bad recipient address"})
 		return c.reply(replyOf(err), true)
@@ -368,6 +368,9 @@ func (ss *session) applySpamPolicy(msg *Message, env *Envelope) error {
 // received builds the Received field (RFC 5321 4.4, protocol per RFC 3848).
 func received(c *Conn, env *Envelope) string {
 	proto := "ESMTP"
+	if env.UTF8 {
+		proto = "UTF8SMTP" // RFC 6531 4.3
+	}
 	if c.TLS() != nil {
 		proto += "S"
 	}

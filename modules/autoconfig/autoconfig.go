@@ -146,7 +146,7 @@ func accountFor(app *smtpapp.App, address string, r *http.Request) (account, err
 		return account{}, caddyhttp.Error(http.StatusNotFound, fmt.Errorf("no local domains"))
 	}
 	if address != "" {
-		a, err := smtpapp.ParseAddress(address)
+		a, err := smtpapp.ParseAddressUTF8(address) // an IDN in either form
 		if err != nil || a.Local == "" {
 			return account{}, caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("emailaddress: %q is not an address", address))
 		}

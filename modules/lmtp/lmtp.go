@@ -107,7 +107,13 @@ func (l *LMTP) Deliver(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp.
 	if err := c.Hello(l.Hostname); err != nil {
 		return fmt.Errorf("LHLO: %w", err)
 	}
-	if err := c.Mail(env.From, nil); err != nil {
+	// SMTPUTF8 (RFC 6531) goes on where the LMTP server offers it
+	// (Dovecot does); without it, a UTF-8 address is refused there.
+	mailOpts := &smtp.MailOptions{}
+	if ok, _ := c.Extension("SMTPUTF8"); ok && env.UTF8 {
+		mailOpts.UTF8 = true
+	}
+	if err := c.Mail(env.From, mailOpts); err != nil {
 		return fmt.Errorf("MAIL FROM: %w", err)
 	}
 	var failed []smtpapp.FailedRecipient

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -75,24 +77,51 @@ func (m *Maildir) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Path returns the Maildir of a mailbox (canonical address), and whether
-// the address makes a safe path.
+// Path returns the Maildir of a mailbox (canonical address, see
+// smtpapp.CanonicalAddress), and whether the address makes a safe path.
+//
+// Folder names: the domain in its A-label form (an IDN given in U-labels
+// lands in the same folder), the local part lower-cased and kept as it is,
+// UTF-8 included (no encoding: Dovecot reads UTF-8 folder names, and the
+// local part comes NFC-normalized). Whatever the name, it stays one safe
+// path element: never empty, never starting with "." (so no "." or ".."
+// and no Maildir++ subfolder), no "/" or "\", valid UTF-8 only, and no
+// control, format (bidi overrides, zero-width), private-use, unassigned or
+// space characters beyond ASCII; at most 255 bytes.
 func (m *Maildir) Path(mailbox string, junk bool) (string, error) {
 	at := strings.LastIndexByte(mailbox, '@')
 	if at <= 0 {
 		return "", fmt.Errorf("mailbox %q has no domain", mailbox)
 	}
-	local, domain := strings.ToLower(mailbox[:at]), strings.ToLower(mailbox[at+1:])
-	for _, part := range []string{local, domain} {
-		if part == "" || strings.HasPrefix(part, ".") || strings.ContainsAny(part, "/\\\x00") {
-			return "", fmt.Errorf("mailbox %q does not make a safe folder name", mailbox)
-		}
+	if !utf8.ValidString(mailbox) { // before ToLower, which would mend it
+		return "", fmt.Errorf("mailbox %q is not valid UTF-8", mailbox)
+	}
+	local := strings.ToLower(mailbox[:at])
+	domain, ok := smtpapp.CanonicalDomain(mailbox[at+1:])
+	if !ok || !safeName(local) || !safeName(domain) {
+		return "", fmt.Errorf("mailbox %q does not make a safe folder name", mailbox)
 	}
 	p := filepath.Join(m.root, domain, local)
 	if junk {
 		p = filepath.Join(p, "."+m.JunkFolder)
 	}
 	return p, nil
+}
+
+// safeName reports whether s is safe as one folder name (see Path).
+func safeName(s string) bool {
+	if s == "" || s[0] == '.' || len(s) > 255 || !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case r == '/' || r == '\\' || r < 0x20 || r == 0x7f:
+			return false
+		case r >= 0x80 && (!unicode.IsGraphic(r) || unicode.IsSpace(r)):
+			return false
+		}
+	}
+	return true
 }
 
 // Deliver stores msg once per distinct mailbox among the recipients: every

@@ -385,13 +385,17 @@ func (t *txResult) closing() bool {
 }
 
 // transaction sends one message to rcpts (with requireTLS, MAIL FROM
-// carries REQUIRETLS: the caller checked the extension). An error means
-// the connection failed; what replies came are in the result.
-func (c *client) transaction(from string, rcpts []string, size int64, requireTLS bool, dataTimeout time.Duration, body func(io.Writer) error) (*txResult, error) {
+// carries REQUIRETLS, with smtputf8 SMTPUTF8: the caller checked the
+// extensions). An error means the connection failed; what replies came
+// are in the result.
+func (c *client) transaction(from string, rcpts []string, size int64, requireTLS, smtputf8 bool, dataTimeout time.Duration, body func(io.Writer) error) (*txResult, error) {
 	res := &txResult{rcpts: make([]*reply, len(rcpts))}
 	mail := "MAIL FROM:<" + from + ">"
 	if requireTLS {
 		mail += " REQUIRETLS"
+	}
+	if smtputf8 {
+		mail += " SMTPUTF8"
 	}
 	if c.has("SIZE") {
 		mail += " SIZE=" + strconv.FormatInt(size, 10)

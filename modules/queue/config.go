@@ -78,7 +78,7 @@ func (q *Queue) settings(ctx caddy.Context, app *smtpapp.App) (*settings, error)
 	if s.transport, err = q.provisionTransport(ctx, s); err != nil {
 		return nil, err
 	}
-	if s.dkim, err = q.DKIM.provision(ctx, app.LocalDomains, s.logger); err != nil {
+	if s.dkim, err = q.DKIM.provision(ctx, app.Domains(), s.logger); err != nil {
 		return nil, fieldErr("dkim", err)
 	}
 	if s.trusted, err = trustedNetworks(app); err != nil {

@@ -319,6 +319,7 @@ func (e *engine) queueDSN(s *settings, ent *entry, rcpts []dsnRcpt, delayed bool
 		MessageID:  msgID,
 		Rcpts:      rcpts,
 		Delayed:    delayed,
+		UTF8:       ent.rec.UTF8,
 	})
 }
 
@@ -327,7 +328,7 @@ func (e *engine) queueDSN(s *settings, ent *entry, rcpts []dsnRcpt, delayed bool
 // unknown local mailbox, a bad address) is logged and counted as notified.
 func (e *engine) queueNotification(s *settings, in *dsnInput) error {
 	to := in.Sender
-	addr, err := smtpapp.ParseAddress(to)
+	addr, err := smtpapp.ParseAddressUTF8(to)
 	if err != nil {
 		s.logger.Warn("no bounce: the sender address is invalid", zap.String("id", in.QueueID), zap.String("from", to))
 		return nil
@@ -368,7 +369,7 @@ func (e *engine) queueNotification(s *settings, in *dsnInput) error {
 	now := time.Now()
 	in.Hostname = s.hostname
 	msg := buildDSN(in, now)
-	rec := &record{ID: newID(), From: "", Recipients: []smtpapp.Recipient{rcpt}, Received: now, Queued: now, DSN: true}
+	rec := &record{ID: newID(), From: "", Recipients: []smtpapp.Recipient{rcpt}, Received: now, Queued: now, DSN: true, UTF8: in.UTF8}
 	err = e.enqueue(s, rec, func(w io.Writer) (int64, error) {
 		n, err := w.Write(msg)
 		return int64(n), err

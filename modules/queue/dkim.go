@@ -129,8 +129,8 @@ func (d *DKIMConfig) provision(ctx caddy.Context, localDomains []string, logger 
 	}
 	keys := map[string][]*dkimKey{}
 	for i, dom := range domains {
-		dom = strings.TrimSuffix(strings.ToLower(dom), ".")
-		if !smtpapp.ValidHostname(dom) {
+		dom, ok := smtpapp.CanonicalDomain(dom) // an IDN: its A-label, as in envelopes
+		if !ok {
 			return nil, fmt.Errorf("domains[%d]: invalid domain %q", i, domains[i])
 		}
 		// Ed25519 first: a receiver that checks only the first

@@ -32,6 +32,7 @@ type dsnInput struct {
 	MessageID  string    // the original Message-ID (checked), or ""
 	Rcpts      []dsnRcpt
 	Delayed    bool
+	UTF8       bool // the original came with SMTPUTF8: so does the notification
 }
 
 // buildDSN makes an RFC 3464 multipart/report: a human-readable part, the

@@ -705,6 +705,8 @@ type EntryInfo struct {
 	DKIM       string     `json:"dkim,omitempty"`
 	// RequireTLS: the message must be relayed with REQUIRETLS (RFC 8689).
 	RequireTLS bool `json:"require_tls,omitempty"`
+	// UTF8: the message came with SMTPUTF8 (RFC 6531).
+	UTF8 bool `json:"utf8,omitempty"`
 }
 
 // RcptInfo is one recipient of a queued message.
@@ -757,6 +759,7 @@ func (e *engine) infoLocked(ent *entry) EntryInfo {
 	info := EntryInfo{
 		ID: ent.rec.ID, Spool: e.sp.root, Sender: ent.rec.From, Queued: ent.rec.Queued,
 		Size: ent.size, DSN: ent.rec.DSN, DKIM: ent.rec.DKIM, RequireTLS: ent.rec.RequireTLS,
+		UTF8: ent.rec.UTF8,
 	}
 	next := map[string]time.Time{}
 	for _, t := range ent.tasks {

@@ -206,6 +206,9 @@ func (q *Queue) Deliver(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp
 	if env.RequireTLS {
 		rec.RequireTLS = true
 	}
+	if env.UTF8 {
+		rec.UTF8 = true
+	}
 	if rec.Received.IsZero() {
 		rec.Received = now
 	}

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -489,6 +490,77 @@ func (e *engine) transact(s *settings, x *cachedConn, ent *entry, body io.Reader
 		e.release(s, x, h, false)
 		return fill(len(idx), permErr(552, "5.3.4", "message size %d exceeds the limit of %s (%d)", ent.size, h.host, limit)), nil
 	}
+	if !ent.rec.UTF8 {
+		return e.sendBatches(s, x, ent, body, h, idx, false)
+	}
+	if c.has("SMTPUTF8") {
+		return e.sendBatches(s, x, ent, body, h, idx, true)
+	}
+	return e.downgradeUTF8(s, x, ent, body, h, idx)
+}
+
+// downgradeUTF8 handles an SMTPUTF8 message for a host that does not
+// offer the extension (RFC 6531 3.7.1): what needs SMTPUTF8 fails for
+// good with 553 5.6.7 (no other MX host is tried: they serve the same
+// domain). The reverse path or the header section in UTF-8 fail every
+// recipient; otherwise a recipient in UTF-8 fails alone, and the ASCII
+// ones are sent without the parameter, as there is nothing in the
+// envelope or header it would change (domains are kept in A-label form;
+// the body is left to 8BITMIME, as for any message).
+func (e *engine) downgradeUTF8(s *settings, x *cachedConn, ent *entry, body io.ReaderAt, h hop, idx []int) ([]result, error) {
+	refused := permErr(553, "5.6.7", "%s does not support SMTPUTF8, which the message needs (RFC 6531)", h.host)
+	refused.mta = h.host
+	if !smtpapp.IsASCII(ent.rec.From) || !asciiHeader(io.NewSectionReader(body, ent.bodyOff, ent.size)) {
+		e.release(s, x, h, false)
+		return fill(len(idx), refused), nil
+	}
+	out := make([]result, len(idx))
+	var ascii, pos []int
+	for k, i := range idx {
+		if smtpapp.IsASCII(ent.rec.Recipients[i].Address) {
+			ascii, pos = append(ascii, i), append(pos, k)
+		} else {
+			out[k] = refused
+		}
+	}
+	if len(ascii) == 0 {
+		e.release(s, x, h, false)
+		return out, nil
+	}
+	res, err := e.sendBatches(s, x, ent, body, h, ascii, false)
+	if err != nil {
+		return nil, err
+	}
+	for j, k := range pos {
+		out[k] = res[j]
+	}
+	return out, nil
+}
+
+// asciiHeader reports whether a message's header section is all ASCII.
+func asciiHeader(r io.Reader) bool {
+	br := bufio.NewReader(r)
+	partial := false // the last slice did not end its line
+	for {
+		line, err := br.ReadSlice('\n')
+		if !smtpapp.IsASCII(string(line)) {
+			return false
+		}
+		if err == bufio.ErrBufferFull {
+			partial = true
+			continue
+		}
+		if err != nil || !partial && (string(line) == "\r\n" || string(line) == "\n") {
+			return true // the end of the header section
+		}
+		partial = false
+	}
+}
+
+// sendBatches sends the message in transactions of at most
+// max_recipients (see transact).
+func (e *engine) sendBatches(s *settings, x *cachedConn, ent *entry, body io.ReaderAt, h hop, idx []int, smtputf8 bool) ([]result, error) {
+	c, tlsState := x.c, x.tlsState
 	closing := false // the server said 421
 	out := make([]result, len(idx))
 	for start := 0; start < len(idx); start += s.maxRcpts {
@@ -497,7 +569,7 @@ func (e *engine) transact(s *settings, x *cachedConn, ent *entry, body io.Reader
 		for k, i := range batch {
 			rcpts[k] = ent.rec.Recipients[i].Address
 		}
-		tx, err := c.transaction(ent.rec.From, rcpts, ent.size, ent.rec.RequireTLS, s.dataTimeout, func(w io.Writer) error {
+		tx, err := c.transaction(ent.rec.From, rcpts, ent.size, ent.rec.RequireTLS, smtputf8, s.dataTimeout, func(w io.Writer) error {
 			_, err := io.Copy(w, io.NewSectionReader(body, ent.bodyOff, ent.size))
 			return err
 		})

@@ -54,6 +54,10 @@ type record struct {
 	// 8689); it is relayed only over TLS validated by DANE or MTA-STS, to
 	// hosts that support REQUIRETLS, and never downgraded.
 	RequireTLS bool `json:"require_tls,omitempty"`
+	// UTF8: the message came with MAIL FROM ... SMTPUTF8 (RFC 6531); it is
+	// relayed with SMTPUTF8 to hosts that offer it, and to others only
+	// what does not need it (see downgradeUTF8).
+	UTF8 bool `json:"utf8,omitempty"`
 }
 
 // Recipient status values.

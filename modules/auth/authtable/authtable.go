@@ -118,12 +118,24 @@ func New(accounts []Account, field string) (*Table, error) {
 	return t, nil
 }
 
+// canonical is an address as the table keys it (smtpapp.CanonicalAddress):
+// UTF-8 local parts (NFC, lower-cased) and IDN domains in A-label form,
+// so that an account given as "jürgen@bücher.example" is found for
+// "JÜRGEN@xn--bcher-kva.example".
 func canonical(address string) (string, error) {
-	a, err := smtpapp.ParseAddress(strings.TrimSpace(address))
+	a, err := smtpapp.CanonicalAddress(strings.TrimSpace(address))
 	if err != nil {
 		return "", fmt.Errorf("%q is not a valid address", address)
 	}
-	return strings.ToLower(a.Local) + "@" + a.Domain, nil
+	return a, nil
+}
+
+// key is the table key of an address being looked up.
+func key(address string) string {
+	if k, err := smtpapp.CanonicalAddress(address); err == nil {
+		return k
+	}
+	return strings.ToLower(address)
 }
 
 // Len is the number of accounts.
@@ -153,7 +165,7 @@ func (t *Table) Authenticate(username, password string) (string, error) {
 
 // Lookup returns the account that receives mail for address.
 func (t *Table) Lookup(address string) (string, error) {
-	if acct, ok := t.routes[strings.ToLower(address)]; ok {
+	if acct, ok := t.routes[key(address)]; ok {
 		return acct, nil
 	}
 	return "", smtpapp.ErrNoSuchUser
@@ -161,7 +173,7 @@ func (t *Table) Lookup(address string) (string, error) {
 
 // MaySendAs reports whether account may use address as sender.
 func (t *Table) MaySendAs(account, address string) bool {
-	return t.sendAs[account][strings.ToLower(address)]
+	return t.sendAs[account][key(address)]
 }
 
 // AddForwards adds forwarding addresses; field names the config field in

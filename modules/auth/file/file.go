@@ -190,7 +190,7 @@ func ParseUsersFile(path string, skip func(line int, msg string)) ([]authtable.A
 		}
 		dup := false
 		for _, addr := range append([]string{a.Address}, a.Aliases...) {
-			if seen[strings.ToLower(addr)] {
+			if seen[seenKey(addr)] {
 				skip(n, fmt.Sprintf("%s is already defined above", addr))
 				dup = true
 				break
@@ -200,11 +200,20 @@ func ParseUsersFile(path string, skip func(line int, msg string)) ([]authtable.A
 			continue
 		}
 		for _, addr := range append([]string{a.Address}, a.Aliases...) {
-			seen[strings.ToLower(addr)] = true
+			seen[seenKey(addr)] = true
 		}
 		out = append(out, a)
 	}
 	return out, forwards, sc.Err()
+}
+
+// seenKey is addr as the table will key it (IDN forms and UTF-8 case
+// folded), so that one address given twice in two forms is a duplicate.
+func seenKey(addr string) string {
+	if k, err := smtpapp.CanonicalAddress(strings.TrimSpace(addr)); err == nil {
+		return k
+	}
+	return strings.ToLower(addr)
 }
 
 // ParseForwardLine parses `address:>target,target...`; ok is false for a
