@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/groupsync"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -303,7 +304,7 @@ func (m *Maildir) ensureMaildir(dir string) error {
 		syncs = append(syncs, filepath.Dir(p))
 	}
 	for _, p := range syncs {
-		if err := syncDir(p); err != nil {
+		if err := groupsync.Dir(p); err != nil {
 			return err
 		}
 	}

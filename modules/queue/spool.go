@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/groupsync"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -96,7 +97,7 @@ type state struct {
 type spool struct {
 	root, qdir, tmpdir, baddir string
 	lock                       *os.File
-	qsync                      *dirSync // group commit of queue/'s syncs
+	qsync                      *groupsync.Folder // group commit of queue/'s syncs
 }
 
 func openSpool(root string) (*spool, error) {
@@ -106,7 +107,7 @@ func openSpool(root string) (*spool, error) {
 		tmpdir: filepath.Join(root, "tmp"),
 		baddir: filepath.Join(root, "corrupt"),
 	}
-	sp.qsync = &dirSync{dir: sp.qdir}
+	sp.qsync = groupsync.New(sp.qdir, callSyncHook)
 	for _, d := range []string{sp.qdir, sp.tmpdir, sp.baddir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
@@ -189,7 +190,7 @@ func (sp *spool) write(rec *record, prefix []byte, body func(io.Writer) (int64, 
 	}
 	if err == nil {
 		// Shared with the enqueues in progress (groupsync.go).
-		err = sp.qsync.sync()
+		err = sp.qsync.Sync()
 	}
 	if err != nil {
 		os.Remove(tmp)
@@ -221,7 +222,7 @@ func (sp *spool) writeState(id string, st *state) error {
 		err = os.Rename(tmp, sp.statePath(id))
 	}
 	if err == nil {
-		err = sp.qsync.sync()
+		err = sp.qsync.Sync()
 	}
 	if err != nil {
 		os.Remove(tmp)
@@ -253,7 +254,7 @@ func (sp *spool) quarantine(id string) {
 		}
 		os.Rename(src, dst)
 	}
-	syncDir(sp.qdir)
+	groupsync.Dir(sp.qdir)
 }
 
 // loaded is one entry read back from disk.
@@ -393,13 +394,4 @@ func readLine(br *bufio.Reader, max int) ([]byte, error) {
 			return nil, err
 		}
 	}
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
