@@ -40,16 +40,6 @@ func (r *Refusal) Error() string { return r.Reply.Error() }
 
 func (r *Refusal) Unwrap() error { return r.Reply }
 
-// reply turns a hook's error into the *Error go-smtp writes as is (it only
-// recognises that type).
-func reply(err error) error {
-	var e *Error
-	if errors.As(err, &e) {
-		return e
-	}
-	return err
-}
-
 // The stage hooks. A handler module implements any of them; the server calls
 // them in config order and stops at the first error, which becomes the reply.
 // Hooks get the connection's context: it is cancelled when the client goes

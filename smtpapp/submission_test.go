@@ -13,13 +13,11 @@ import (
 )
 
 type submissionSetup struct {
-	env        *testenv.Env
-	mx, sub    string // plaintext MX and STARTTLS submission
-	subs       string // implicit TLS
-	tlsConfig  *tls.Config
-	trustedMX  string
-	hostname   string
-	maildirDir string
+	env       *testenv.Env
+	mx, sub   string // plaintext MX and STARTTLS submission
+	subs      string // implicit TLS
+	tlsConfig *tls.Config
+	hostname  string
 }
 
 // startSubmission runs an MX, a STARTTLS submission server with

@@ -20,12 +20,19 @@ type DNS struct {
 	delay   map[string]time.Duration
 	fail    map[string]int // rcode to answer with
 	Queries atomic.Int64
-	udp     *dns.Server
-	tcp     *dns.Server
 }
 
 // StartDNS starts the server; it stops when the test ends.
 func StartDNS(t testing.TB) *DNS {
+	t.Helper()
+	d := &DNS{records: map[string][]dns.RR{}, delay: map[string]time.Duration{}, fail: map[string]int{}}
+	d.Addr = serveDNS(t, d)
+	return d
+}
+
+// serveDNS serves h on one free port of 127.0.0.1, UDP and TCP, until the
+// test ends, and returns the address.
+func serveDNS(t testing.TB, h dns.Handler) string {
 	t.Helper()
 	// UDP and TCP on one port: the UDP port may be taken for TCP; retry.
 	var pc net.PacketConn
@@ -45,13 +52,12 @@ func StartDNS(t testing.TB) *DNS {
 			t.Fatalf("DNS: no port free for both UDP and TCP: %v", err)
 		}
 	}
-	d := &DNS{Addr: pc.LocalAddr().String(), records: map[string][]dns.RR{}, delay: map[string]time.Duration{}, fail: map[string]int{}}
-	d.udp = &dns.Server{PacketConn: pc, Handler: d}
-	d.tcp = &dns.Server{Listener: ln, Handler: d}
-	go d.udp.ActivateAndServe()
-	go d.tcp.ActivateAndServe()
-	t.Cleanup(func() { d.udp.Shutdown(); d.tcp.Shutdown() })
-	return d
+	udp := &dns.Server{PacketConn: pc, Handler: h}
+	tcp := &dns.Server{Listener: ln, Handler: h}
+	go udp.ActivateAndServe()
+	go tcp.ActivateAndServe()
+	t.Cleanup(func() { udp.Shutdown(); tcp.Shutdown() })
+	return pc.LocalAddr().String()
 }
 
 // Add adds records in zone-file syntax, e.g. "example.org. 300 IN MX 10 mx.example.org.".

@@ -38,29 +38,8 @@ type DNSSEC struct {
 // TCP) with the AD bit; it stops when the test ends.
 func StartDNSSEC(t testing.TB, d *DNS) *DNSSEC {
 	t.Helper()
-	var pc net.PacketConn
-	var ln net.Listener
-	for try := 0; ; try++ {
-		var err error
-		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln, err = net.Listen("tcp", pc.LocalAddr().String())
-		if err == nil {
-			break
-		}
-		pc.Close()
-		if try == 20 {
-			t.Fatalf("DNSSEC: no port free for both UDP and TCP: %v", err)
-		}
-	}
-	s := &DNSSEC{Addr: pc.LocalAddr().String(), d: d, insecure: map[string]bool{}}
-	udp := &dns.Server{PacketConn: pc, Handler: s}
-	tcp := &dns.Server{Listener: ln, Handler: s}
-	go udp.ActivateAndServe()
-	go tcp.ActivateAndServe()
-	t.Cleanup(func() { udp.Shutdown(); tcp.Shutdown() })
+	s := &DNSSEC{d: d, insecure: map[string]bool{}}
+	s.Addr = serveDNS(t, s)
 	return s
 }
 
