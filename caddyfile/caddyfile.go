@@ -272,13 +272,13 @@ func parseLimits(d *caddyfile.Dispenser) (*smtpapp.Limits, error) {
 				return nil, d.Errf("max_message_size: %v", err)
 			}
 			lim.MaxMessageSize = int64(n)
-		case "read_timeout", "write_timeout", "session_timeout", "auth_failure_window", "tls_handshake_timeout":
+		case "read_timeout", "write_timeout", "session_timeout", "auth_failure_window", "tls_handshake_timeout", "park_idle_after":
 			dur, err := parseDuration(d)
 			if err != nil {
 				return nil, err
 			}
 			*map[string]*caddy.Duration{"read_timeout": &lim.ReadTimeout, "write_timeout": &lim.WriteTimeout, "session_timeout": &lim.SessionTimeout,
-				"auth_failure_window": &lim.AuthFailureWindow, "tls_handshake_timeout": &lim.TLSHandshakeTimeout}[field] = dur
+				"auth_failure_window": &lim.AuthFailureWindow, "tls_handshake_timeout": &lim.TLSHandshakeTimeout, "park_idle_after": &lim.ParkIdleAfter}[field] = dur
 		case "max_recipients", "max_line_length", "max_errors", "max_auth_failures", "max_messages", "max_hops",
 			"max_junk_commands", "max_connections", "max_connections_per_ip", "max_auth_failures_per_ip":
 			var v string

@@ -23,14 +23,15 @@ type Conn struct {
 	// ID identifies the connection in logs and in the Received header.
 	ID string
 
-	server *Server
-	ctx    context.Context
-	cancel context.CancelFunc
-	start  time.Time
-	remote netip.AddrPort
-	local  netip.AddrPort
-	logger *zap.Logger
-	wire   *wire
+	server  *Server
+	ctx     context.Context
+	cancel  context.CancelFunc
+	start   time.Time
+	remote  netip.AddrPort
+	local   netip.AddrPort
+	logger  *zap.Logger // made on first use: an idle connection never logs
+	logOnce sync.Once
+	wire    *wire
 
 	mu           sync.Mutex
 	connected    bool // the connect stage is over
@@ -122,7 +123,12 @@ func (c *Conn) ServerName() string { return c.server.name }
 func (c *Conn) Hostname() string { return c.server.Hostname }
 
 // Logger logs with the connection's fields.
-func (c *Conn) Logger() *zap.Logger { return c.logger }
+func (c *Conn) Logger() *zap.Logger {
+	c.logOnce.Do(func() {
+		c.logger = c.server.logger.With(zap.String("conn", c.ID), zap.String("remote", c.remote.String()))
+	})
+	return c.logger
+}
 
 // Trusted reports whether the client is in the server's trusted_networks
 // (a relay of ours: checks of the client IP should not apply).
@@ -329,7 +335,7 @@ func (c *Conn) logMessage(msg *Message, result string, err error) {
 	if err != nil {
 		fields = append(fields, zap.String("reason", err.Error()))
 	}
-	c.logger.Info("message", fields...)
+	c.Logger().Info("message", fields...)
 	c.server.metrics.messages.WithLabelValues(c.server.name, result).Inc()
 }
 
@@ -342,7 +348,7 @@ func (c *Conn) finish() {
 		}
 		c.releaseSlot()
 		c.server.metrics.connections.WithLabelValues(c.server.name).Dec()
-		c.logger.Debug("connection closed", zap.Duration("duration", time.Since(c.start)))
+		c.Logger().Debug("connection closed", zap.Duration("duration", time.Since(c.start)))
 	})
 }
 
@@ -433,7 +439,7 @@ func (c *Conn) route(addr Address) ([]Recipient, error) {
 			return nil, c.refuse(refusal{stage: "rcpt", err: replyNoSuchUser, label: "no_such_user", reason: "no such mailbox",
 				event: EventUnknownRecipient, detail: addr.String(), fields: []zap.Field{zap.String("to", addr.String())}})
 		default:
-			c.logger.Error("recipient lookup failed", zap.String("to", addr.String()), zap.Error(err))
+			c.Logger().Error("recipient lookup failed", zap.String("to", addr.String()), zap.Error(err))
 			return nil, c.reply(replyTempLookup, false)
 		}
 	}

@@ -62,7 +62,7 @@ func (c *Conn) expandForward(addr Address) ([]Recipient, error) {
 		for _, t := range targets {
 			ta, err := ParseAddress(t)
 			if err != nil {
-				c.logger.Warn("forwarding target skipped: bad address", zap.String("alias", key), zap.String("target", t))
+				c.Logger().Warn("forwarding target skipped: bad address", zap.String("alias", key), zap.String("target", t))
 				continue
 			}
 			tkey := strings.ToLower(ta.Local) + "@" + ta.Domain
@@ -87,7 +87,7 @@ func (c *Conn) expandForward(addr Address) ([]Recipient, error) {
 			}
 			mb, err := app.LookupMailbox(c.ctx, ta)
 			if errors.Is(err, ErrNoSuchUser) {
-				c.logger.Warn("forwarding target skipped: no such local mailbox", zap.String("alias", key), zap.String("target", t))
+				c.Logger().Warn("forwarding target skipped: no such local mailbox", zap.String("alias", key), zap.String("target", t))
 				continue
 			}
 			if err != nil {
@@ -122,12 +122,12 @@ func (c *Conn) routeForward(addr Address) (rcpts []Recipient, ok bool, err error
 	case errors.Is(err, errForwardLoop):
 		return nil, true, c.refuse(refusal{stage: "rcpt", err: replyForwardLoop, label: "forward_loop", reason: "forwarding loop", fields: []zap.Field{to}})
 	case err != nil:
-		c.logger.Error("forwarding lookup failed", to, zap.Error(err))
+		c.Logger().Error("forwarding lookup failed", to, zap.Error(err))
 		return nil, true, c.reply(replyTempLookup, false)
 	}
 	for _, r := range rcpts {
 		if !r.Local() && c.server.app.outbound == nil {
-			c.logger.Error("forwarding to a remote address needs an outbound target", to, zap.String("target", r.Address))
+			c.Logger().Error("forwarding to a remote address needs an outbound target", to, zap.String("target", r.Address))
 			return nil, true, c.reply(replyNoForwarding, false)
 		}
 	}
@@ -150,7 +150,7 @@ func (c *Conn) routeSRS(addr Address) (Recipient, error) {
 	case errors.Is(err, ErrSRSInvalid):
 		return Recipient{}, noSuch("SRS address does not verify")
 	case err != nil:
-		c.logger.Error("SRS secret unavailable", to, zap.Error(err))
+		c.Logger().Error("SRS secret unavailable", to, zap.Error(err))
 		return Recipient{}, c.reply(replyTempLookup, false)
 	}
 	if c.From() != "" {
@@ -170,7 +170,7 @@ func (c *Conn) routeSRS(addr Address) (Recipient, error) {
 		case errors.Is(err, ErrNoSuchUser):
 			return Recipient{}, noSuch("SRS address stands for an unknown local address")
 		case err != nil:
-			c.logger.Error("recipient lookup failed", to, zap.Error(err))
+			c.Logger().Error("recipient lookup failed", to, zap.Error(err))
 			return Recipient{}, c.reply(replyTempLookup, false)
 		}
 		return Recipient{Address: oa.String(), Mailbox: mb, ForwardedFor: strings.ToLower(addr.String())}, nil

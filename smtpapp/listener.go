@@ -166,7 +166,7 @@ func (l *listener) admit(raw net.Conn) {
 	c.connectDone()
 	if srv.ImplicitTLS {
 		if err := c.wire.handshake(); err != nil {
-			c.logger.Debug("TLS handshake failed", zap.Error(err))
+			c.Logger().Debug("TLS handshake failed", zap.Error(err))
 			srv.metrics.refused(srv.name, "connect", "", "tls_handshake")
 			c.wire.Close()
 			return

@@ -10,6 +10,7 @@ import (
 // config's registry gets the same collectors.
 type metrics struct {
 	connections *prometheus.GaugeVec
+	parked      *prometheus.GaugeVec
 	accepted    *prometheus.CounterVec
 	messages    *prometheus.CounterVec
 	bytes       *prometheus.CounterVec
@@ -21,6 +22,10 @@ var appMetrics = &metrics{
 	connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "smtp", Name: "connections_open",
 		Help: "Client connections currently open.",
+	}, []string{"server"}),
+	parked: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "smtp", Name: "connections_parked",
+		Help: "Open connections parked while idle (no goroutine or buffers held).",
 	}, []string{"server"}),
 	accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "smtp", Name: "connections_total",
@@ -48,7 +53,7 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.accepted, m.messages, m.bytes, m.refusals, m.events} {
+	for _, c := range []prometheus.Collector{m.connections, m.parked, m.accepted, m.messages, m.bytes, m.refusals, m.events} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -63,6 +63,7 @@ var (
 	replyRequireTLS     = Errorf(530, [3]int{5, 7, 10}, "REQUIRETLS needs a TLS session")
 	replyTooManyJunk    = Errorf(421, [3]int{4, 7, 0}, "Too many commands that move no mail, closing connection")
 	replyHTTP           = Errorf(221, [3]int{2, 7, 0}, "This is an SMTP server, not HTTP; goodbye")
+	replyIdleTimeout    = Errorf(421, [3]int{4, 4, 2}, "Timeout, closing connection")
 	replyTooBusy        = Errorf(421, [3]int{4, 7, 0}, "Too many connections, try again later")
 	replyTooManyFromYou = Errorf(421, [3]int{4, 7, 0}, "Too many connections from your network, try again later")
 )

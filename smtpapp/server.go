@@ -71,6 +71,7 @@ type Server struct {
 	tlsApp    *caddytls.TLS
 	smtp      *smtp.Server
 	listeners []*listener
+	parking   *parking
 	hooks     hooks
 	ceiling   *ceiling
 
@@ -131,6 +132,12 @@ type Limits struct {
 	// TLSHandshakeTimeout bounds the TLS handshake, after STARTTLS and
 	// on implicit-TLS ports. Default: 10s.
 	TLSHandshakeTimeout caddy.Duration `json:"tls_handshake_timeout,omitempty"`
+	// ParkIdleAfter is how long a plaintext session may sit idle between
+	// transactions before it is parked: it gives back its buffers and
+	// goroutine (about 10 KiB) and resumes, unseen by the client, when
+	// the client speaks again. Read timeouts hold while parked. Default:
+	// 1s; negative turns parking off.
+	ParkIdleAfter caddy.Duration `json:"park_idle_after,omitempty"`
 }
 
 // ServerTLS configures TLS for a server. Certificates come from Caddy's tls
@@ -194,6 +201,9 @@ func (l *Limits) withDefaults() Limits {
 	if out.SessionTimeout == 0 {
 		out.SessionTimeout = caddy.Duration(30 * time.Minute)
 	}
+	if out.ParkIdleAfter == 0 {
+		out.ParkIdleAfter = caddy.Duration(100 * time.Millisecond)
+	}
 	return out
 }
 
@@ -220,6 +230,7 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 		return fmt.Errorf("implicit_tls: needs TLS, but it is disabled")
 	}
 	s.smtp = s.newGoSMTP()
+	s.parking = newParking()
 	return nil
 }
 
@@ -394,7 +405,6 @@ func (s *Server) newConn(raw net.Conn) *Conn {
 	}
 	c.ctx = context.WithValue(ctx, connCtxKey{}, c)
 	w.conn = c
-	c.logger = s.logger.With(zap.String("conn", c.ID), zap.String("remote", c.remote.String()))
 	s.metrics.accepted.WithLabelValues(s.name).Inc()
 	s.metrics.connections.WithLabelValues(s.name).Inc()
 	return c
@@ -417,6 +427,9 @@ func (s *Server) start() error {
 			s.logger.Info("listening", zap.String("address", l.Addr().String()), zap.Bool("implicit_tls", s.ImplicitTLS))
 		}
 	}
+	if len(s.listeners) > 0 {
+		go s.smtp.Serve(resumeListener{s.parking, s.listeners[0].Addr()})
+	}
 	return nil
 }
 
@@ -434,6 +447,7 @@ func (s *Server) stop(ctx context.Context, now bool) {
 	}
 	if now {
 		s.closeListeners() // Serve may not have taken them yet
+		s.parking.stop(parkClosed, nil)
 		s.smtp.Close()
 		return
 	}
@@ -447,6 +461,8 @@ func (s *Server) stop(ctx context.Context, now bool) {
 	go func() {
 		ctx, cancel := context.WithTimeout(ctx, grace)
 		defer cancel()
+		// Parked sessions go back to go-smtp first, to finish like the rest.
+		s.parking.stop(parkDraining, ctx.Done())
 		if err := srv.Shutdown(ctx); err != nil && err != smtp.ErrServerClosed {
 			s.logger.Warn("grace period over, closing sessions", zap.Error(err))
 			srv.Close()

@@ -24,7 +24,10 @@ func (b backend) NewSession(sc *smtp.Conn) (smtp.Session, error) {
 	if !ok || w.conn == nil {
 		return nil, replyInternal
 	}
-	return &session{c: w.conn, srv: b.s}, nil
+	if w.sess == nil { // a resumed session keeps its own (park.go)
+		w.sess = &session{c: w.conn, srv: b.s}
+	}
+	return w.sess, nil
 }
 
 // session is the go-smtp session of one connection: it checks each
@@ -60,7 +63,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	case sasl.Plain:
 		return sasl.NewPlainServer(func(identity, username, password string) error {
 			if identity != "" && identity != username {
-				c.logger.Info("auth refused: authorization identity differs", zap.String("user", username), zap.String("authzid", identity))
+				c.Logger().Info("auth refused: authorization identity differs", zap.String("user", username), zap.String("authzid", identity))
 				c.Emit(Event{Kind: EventAuthFailed, Detail: username})
 				return ss.authFailed(replyAuthzid)
 			}
@@ -80,7 +83,7 @@ func (ss *session) login(username, password string) error {
 		return c.reply(replyAuthInTransaction, true)
 	}
 	if ss.srv.app.authFailures.locked(c.RemoteIP(), &ss.srv.limits) {
-		c.logger.Info("refused", zap.String("stage", "auth"), zap.String("reason", "too many failed authentications from the network"))
+		c.Logger().Info("refused", zap.String("stage", "auth"), zap.String("reason", "too many failed authentications from the network"))
 		ss.srv.metrics.refused(ss.srv.name, "auth", "", "auth_lockout")
 		return c.reply(replyAuthLockout, true)
 	}
@@ -90,15 +93,15 @@ func (ss *session) login(username, password string) error {
 	account, err := ss.srv.app.accounts.Authenticate(c.ctx, username, password)
 	if err != nil {
 		if !errors.Is(err, ErrAuthFailed) {
-			c.logger.Error("accounts provider failed", zap.String("user", username), zap.Error(err))
+			c.Logger().Error("accounts provider failed", zap.String("user", username), zap.Error(err))
 			return c.reply(replyAuthTemp, false)
 		}
-		c.logger.Info("auth failed", zap.String("user", username))
+		c.Logger().Info("auth failed", zap.String("user", username))
 		c.Emit(Event{Kind: EventAuthFailed, Detail: username})
 		return ss.authFailed(replyAuthFailed)
 	}
 	c.setAccount(account)
-	c.logger.Info("authenticated", zap.String("account", account))
+	c.Logger().Info("authenticated", zap.String("account", account))
 	return nil
 }
 
@@ -233,8 +236,8 @@ func (ss *session) Data(r io.Reader) error {
 		return err
 	}
 	msg.AddHeader("Received", received(c, env))
-	if err := ss.srv.app.router.deliver(c.ctx, env, msg, c.logger); err != nil {
-		c.logger.Error("delivery failed", zap.String("id", env.ID), zap.Error(err))
+	if err := ss.srv.app.router.deliver(c.ctx, env, msg, c.Logger()); err != nil {
+		c.Logger().Error("delivery failed", zap.String("id", env.ID), zap.Error(err))
 		c.logMessage(msg, "failed", err)
 		// A bare 5xx *Error means every recipient was refused for good;
 		// anything else (a 5xx wrapped in another failure included) is
@@ -260,7 +263,7 @@ func (ss *session) readFailed(err error) error {
 	case errors.Is(err, errBareLineEnd):
 		return ss.refuseBody(replyBareLineEnd, "bare_line_end", "bare CR or LF in message")
 	}
-	c.logger.Info("reading message failed", zap.Error(err))
+	c.Logger().Info("reading message failed", zap.Error(err))
 	return c.reply(replyIncomplete, false)
 }
 
@@ -271,7 +274,7 @@ func (ss *session) checkBody(msg *Message) error {
 	body := ss.c.wire.body()
 	switch {
 	case !body.Complete:
-		ss.c.logger.Info("message incomplete, discarded")
+		ss.c.Logger().Info("message incomplete, discarded")
 		return ss.c.reply(replyIncomplete, false)
 	case body.Bare:
 		return ss.refuseBody(replyBareLineEnd, "bare_line_end", "bare CR or LF in message")
@@ -294,7 +297,7 @@ func (ss *session) checkHeader(msg *Message) (release func(), err error) {
 	c, srv := ss.c, ss.srv
 	release, ok := srv.app.bodyMemory.reserveWait(c.ctx, msg.headerScanSize())
 	if !ok {
-		c.logger.Warn("memory budget exhausted: message deferred")
+		c.Logger().Warn("memory budget exhausted: message deferred")
 		return nil, c.reply(replyBusy, false)
 	}
 	hops := 0
@@ -315,7 +318,7 @@ func (ss *session) checkHeader(msg *Message) (release func(), err error) {
 		return nil, c.refuse(refusal{stage: "data", err: replyHeaderTooLarge, label: "header_too_large", reason: "header section too large", msg: msg})
 	case err != nil:
 		release()
-		c.logger.Error("reading the header section", zap.Error(err))
+		c.Logger().Error("reading the header section", zap.Error(err))
 		return nil, c.reply(replyDeliveryFailed, false)
 	case loop != "":
 		release()

@@ -67,7 +67,7 @@ func run[H any](c *Conn, stage string, hs []hook[H], msg *Message, call func(H) 
 	for _, h := range hs {
 		if err := call(h.h); err != nil {
 			if errors.Is(err, ErrDiscard) {
-				c.logger.Info("discarded", zap.String("stage", stage), zap.String("module", h.module))
+				c.Logger().Info("discarded", zap.String("stage", stage), zap.String("module", h.module))
 				return err
 			}
 			return c.refuse(refusal{stage: stage, module: h.module, err: err, msg: msg})
@@ -125,7 +125,7 @@ func (c *Conn) refuse(r refusal) error {
 		r.label = refusalLabel(r.err)
 	}
 	fields := append([]zap.Field{zap.String("stage", r.stage), zap.String("module", r.module), zap.String("reason", r.reason)}, r.fields...)
-	c.logger.Info("refused", fields...)
+	c.Logger().Info("refused", fields...)
 	c.server.metrics.refused(c.server.name, r.stage, r.module, r.label)
 	if r.event == "" && r.module != "" {
 		r.event = EventRefused

@@ -78,6 +78,15 @@ type wire struct {
 	closing   atomic.Bool
 	linger    bool // closing after a reply: drain before closing
 	closeOnce sync.Once
+
+	// Parking (park.go).
+	parkAfter    time.Duration // idle time before parking; 0: never
+	parking      atomic.Bool   // go-smtp is letting go: Close waits instead
+	parkDeadline time.Time     // the read deadline the parked wait keeps
+	resume       int           // resumeNone, or how far a resume has come
+	sess         *session      // outlives go-smtp's connections across parks
+	pollFD       int32         // the socket, while in the parking poller
+	parkTimer    *time.Timer   // the read deadline, while in the poller
 }
 
 type wireMode int
@@ -110,6 +119,7 @@ func newWire(srv *Server, raw net.Conn) *wire {
 		implicitTLS: srv.ImplicitTLS,
 		offerTLS:    srv.tlsConfig != nil && !srv.ImplicitTLS && !(srv.TLS != nil && srv.TLS.DisableSTARTTLS),
 		deadline:    time.Now().Add(time.Duration(lim.SessionTimeout)),
+		parkAfter:   max(time.Duration(lim.ParkIdleAfter), 0),
 	}
 	w.br = bufio.NewReaderSize(raw, lim.MaxLineLength)
 	return w
@@ -118,6 +128,9 @@ func newWire(srv *Server, raw net.Conn) *wire {
 // Read hands go-smtp the next command line, SASL response, body bytes or
 // chunk bytes.
 func (w *wire) Read(b []byte) (int, error) {
+	if w.resume == resumeHello {
+		w.out = w.replayHello()
+	}
 	for len(w.out) == 0 {
 		if w.closing.Load() {
 			if w.mode != modeCommand {
@@ -136,13 +149,18 @@ func (w *wire) Read(b []byte) (int, error) {
 		}
 	}
 	n := copy(b, w.out)
-	w.out = w.out[n:]
+	if w.out = w.out[n:]; len(w.out) == 0 {
+		w.out = nil // it points into the line buffer: let that go
+	}
 	return n, nil
 }
 
-// setReadDeadline arms the per-read timeout, within the session limit
+// setReadDeadline arms the per-read timeout.
+func (w *wire) setReadDeadline() { w.raw.SetReadDeadline(w.readDeadline()) }
+
+// readDeadline is the per-read timeout from now, within the session limit
 // (shorter while the server is under stress, see ceiling).
-func (w *wire) setReadDeadline() {
+func (w *wire) readDeadline() time.Time {
 	dl := w.deadline
 	timeout := time.Duration(w.lim.ReadTimeout)
 	if w.srv.ceiling.stress.Load() {
@@ -151,12 +169,16 @@ func (w *wire) setReadDeadline() {
 	if t := time.Now().Add(timeout); t.Before(dl) {
 		dl = t
 	}
-	w.raw.SetReadDeadline(dl)
+	return dl
 }
 
 // readLine reads one line ended by CRLF. A line that is too long or ends
 // otherwise is answered here and ends the connection (errWireClosed).
+// A session idle long enough parks instead (errParked).
 func (w *wire) readLine() ([]byte, error) {
+	if w.mayPark() && w.idleUntilParked() {
+		return nil, errParked
+	}
 	w.setReadDeadline()
 	line, err := w.br.ReadSlice('\n')
 	switch {
@@ -173,6 +195,9 @@ func (w *wire) readLine() ([]byte, error) {
 // errWireClosed ends go-smtp's loop after the wire has answered and is
 // closing the connection.
 var errWireClosed = io.EOF
+
+// errParked ends go-smtp's loop for a session that parks (park.go).
+var errParked = io.EOF
 
 // nextCommand reads a command line and either forwards it to go-smtp
 // (w.out) or answers it itself.
@@ -294,7 +319,7 @@ func (w *wire) countJunk() error {
 // dropHTTP ends a connection that speaks HTTP at once, as Postfix does,
 // so that a browser cannot be used to send SMTP commands.
 func (w *wire) dropHTTP() error {
-	w.conn.logger.Info("refused", zap.String("stage", "command"), zap.String("reason", "HTTP request on the SMTP port"))
+	w.conn.Logger().Info("refused", zap.String("stage", "command"), zap.String("reason", "HTTP request on the SMTP port"))
 	w.srv.metrics.refused(w.srv.name, "command", "", "http")
 	w.conn.Emit(Event{Kind: EventProtocolError, Detail: "HTTP request"})
 	w.send([]byte(formatReply(replyHTTP)))
@@ -365,14 +390,14 @@ func (w *wire) startTLS(arg string) error {
 	// attempt (CVE-2011-0411 and kin): thrown away.
 	if n := w.br.Buffered(); n > 0 {
 		w.br.Discard(n)
-		w.conn.logger.Info("discarded bytes pipelined after STARTTLS", zap.Int("bytes", n))
+		w.conn.Logger().Info("discarded bytes pipelined after STARTTLS", zap.Int("bytes", n))
 		w.conn.Emit(Event{Kind: EventProtocolError, Detail: "command injection after STARTTLS"})
 	}
 	if err := w.send([]byte(formatReply(replyReadyTLS))); err != nil {
 		return err
 	}
 	if err := w.handshake(); err != nil {
-		w.conn.logger.Info("refused", zap.String("stage", "starttls"), zap.String("reason", "TLS handshake failed"), zap.Error(err))
+		w.conn.Logger().Info("refused", zap.String("stage", "starttls"), zap.String("reason", "TLS handshake failed"), zap.Error(err))
 		w.srv.metrics.refused(w.srv.name, "starttls", "", "handshake")
 		w.conn.Emit(Event{Kind: EventProtocolError, Detail: "TLS handshake failed"})
 		w.conn.countError()
@@ -408,7 +433,7 @@ func (w *wire) handshake() error {
 
 // refuse answers a command itself (counted as an error of the client).
 func (w *wire) refuse(label, reason string, e *Error) error {
-	w.conn.logger.Info("refused", zap.String("stage", "command"), zap.String("reason", reason))
+	w.conn.Logger().Info("refused", zap.String("stage", "command"), zap.String("reason", reason))
 	w.srv.metrics.refused(w.srv.name, "command", "", label)
 	w.conn.Emit(Event{Kind: EventProtocolError, Detail: reason})
 	w.inflight = ""
@@ -446,6 +471,10 @@ func (w *wire) Write(b []byte) (int, error) {
 
 // goSMTPLine handles one reply line from go-smtp.
 func (w *wire) goSMTPLine(line []byte) error {
+	if w.resume != resumeNone {
+		w.resumeReply(line)
+		return nil
+	}
 	if len(line) < 4 {
 		return w.send(line)
 	}
@@ -474,7 +503,7 @@ func (w *wire) goSMTPLine(line []byte) error {
 			line = []byte(fixed)
 		}
 		if code >= 400 && !w.closing.Load() {
-			w.conn.logger.Debug("protocol error", zap.ByteString("reply", bytes.TrimRight(line, "\r\n")))
+			w.conn.Logger().Debug("protocol error", zap.ByteString("reply", bytes.TrimRight(line, "\r\n")))
 			w.conn.Emit(Event{Kind: EventProtocolError, Detail: "bad command (" + string(line[:3]) + ")"})
 		}
 	}
@@ -487,7 +516,7 @@ func (w *wire) goSMTPLine(line []byte) error {
 func (w *wire) finalReply(line []byte, code int, counted bool) error {
 	if code >= 400 && code != 421 && counted {
 		if n := w.conn.countError(); n >= w.lim.MaxErrors {
-			w.conn.logger.Info("closing: too many errors", zap.Int("errors", n))
+			w.conn.Logger().Info("closing: too many errors", zap.Int("errors", n))
 			w.conn.Emit(Event{Kind: EventProtocolError, Detail: "too many errors"})
 			line, code = []byte(formatReply(replyTooManyErrors)), 421
 		}
@@ -612,7 +641,12 @@ func (w *wire) closeAfterReply() {
 // Close ends the connection. After a reply that closes it, the write side
 // is shut first and the input drained for a moment, so that the client
 // reads that reply rather than a reset caused by its unread pipelining.
+// A parking session is not closed: go-smtp only lets go of it.
 func (w *wire) Close() error {
+	if w.parking.CompareAndSwap(true, false) {
+		w.park() // go-smtp is done with it; the session is not
+		return nil
+	}
 	w.closeOnce.Do(func() {
 		w.closing.Store(true)
 		if w.linger && lingering.TryAcquire(1) {

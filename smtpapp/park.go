@@ -1,0 +1,253 @@
+package smtpapp
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Parking: a plaintext session that sits idle between transactions gives
+// back what a live go-smtp connection holds (its goroutine and stack, a
+// 4 KiB reader and a 4 KiB writer) and the wire's line buffer. What is
+// left is the socket, the Conn and one small goroutine that waits for the
+// socket to become readable. When the client speaks again, the session
+// resumes on a fresh go-smtp connection, replaying its greeting in
+// silence: to the client nothing happened. This is what lets 10,000 idle
+// connections (a flood of them, or MTAs holding sessions open) cost a
+// fraction of 10,000 live ones, in the spirit of Postfix's postscreen,
+// which holds clients cheaply until they do something.
+//
+// Only plaintext sessions park: TLS keeps state in crypto/tls that the
+// wire cannot see into. A session in a transaction, inside AUTH or with
+// unread input never parks.
+
+// parking is a server's set of parked connections.
+type parking struct {
+	mu      sync.Mutex
+	state   parkState
+	wires   map[*wire]struct{}
+	pending sync.WaitGroup // parks begun, not yet resumed or closed
+
+	resumed chan *wire    // to go-smtp, through resumeListener
+	done    chan struct{} // closed with resumeListener
+	once    sync.Once
+}
+
+type parkState int
+
+const (
+	parkOpen     parkState = iota
+	parkDraining           // graceful stop: parked sessions resume
+	parkClosed             // stop now: parked sessions close
+)
+
+func newParking() *parking {
+	return &parking{wires: map[*wire]struct{}{}, resumed: make(chan *wire), done: make(chan struct{})}
+}
+
+// begin registers w as parking, unless the server is stopping.
+func (p *parking) begin(w *wire) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state != parkOpen {
+		return false
+	}
+	p.wires[w] = struct{}{}
+	p.pending.Add(1)
+	return true
+}
+
+func (p *parking) end(w *wire) {
+	p.mu.Lock()
+	delete(p.wires, w)
+	p.mu.Unlock()
+	p.pending.Done()
+}
+
+func (p *parking) current() parkState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.state
+}
+
+// stop wakes every parked connection: to resume (drain) or to close.
+// Draining waits until each has been handed back to go-smtp, so that
+// go-smtp's Shutdown then waits for them like for any other session.
+func (p *parking) stop(state parkState, wait <-chan struct{}) {
+	p.mu.Lock()
+	p.state = state
+	for w := range p.wires {
+		w.wakeParked()
+	}
+	p.mu.Unlock()
+	idle := make(chan struct{})
+	go func() { p.pending.Wait(); close(idle) }()
+	select {
+	case <-idle:
+	case <-wait:
+	}
+}
+
+// resumeListener hands resumed connections to go-smtp's Serve, which owns
+// and closes it like the server's other listeners.
+type resumeListener struct {
+	p    *parking
+	addr net.Addr
+}
+
+func (l resumeListener) Accept() (net.Conn, error) {
+	select {
+	case w := <-l.p.resumed:
+		return w, nil
+	case <-l.p.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l resumeListener) Close() error {
+	l.p.once.Do(func() { close(l.p.done) })
+	return nil
+}
+
+func (l resumeListener) Addr() net.Addr { return l.addr }
+
+// How a resumed session gets back to where it was: go-smtp's greeting is
+// swallowed, then the client's HELO/EHLO is replayed and its reply
+// swallowed too.
+const (
+	resumeNone     = iota
+	resumeGreeting // swallow go-smtp's 220
+	resumeHello    // replay the greeting
+	resumeHelloAck // swallow its reply
+)
+
+// mayPark: a plaintext session between transactions, nothing pending.
+func (w *wire) mayPark() bool {
+	return w.parkAfter > 0 && !w.tlsOn && w.mode == modeCommand && !w.inMail && !w.bdat &&
+		!w.authReply && w.br.Buffered() == 0 && canWaitReadable(w.raw)
+}
+
+// idleUntilParked waits up to parkAfter for the client's next bytes. It
+// reports true when the client stayed silent and the session is parking:
+// go-smtp then sees the end of the stream, and its Close starts the wait
+// (see Close).
+func (w *wire) idleUntilParked() bool {
+	dl := w.readDeadline()
+	t := time.Now().Add(w.parkAfter)
+	if !t.Before(dl) {
+		return false
+	}
+	w.raw.SetReadDeadline(t)
+	if _, err := w.br.Peek(1); !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false // input, or an error the normal read will see again
+	}
+	if !time.Now().Before(dl) || !w.srv.parking.begin(w) {
+		return false
+	}
+	w.parkDeadline = dl
+	w.parking.Store(true)
+	return true
+}
+
+// park starts the wait, once go-smtp has let go of the connection. On
+// Linux one epoll set (poller_linux.go) waits for all parked connections
+// of the process, with a timer each for the read deadline; elsewhere a
+// small goroutine each waits (waitReadable).
+func (w *wire) park() {
+	w.br, w.out = nil, nil // the line buffer goes back to the heap while idle
+	w.srv.metrics.parked.WithLabelValues(w.srv.name).Inc()
+	pp := parkPoller()
+	if pp == nil {
+		go func() {
+			w.unpark(waitReadable(w.raw, w.parkDeadline, func() bool { return w.srv.parking.current() != parkOpen }))
+		}()
+		return
+	}
+	if err := pp.add(w, w.parkDeadline); err != nil {
+		w.conn.Logger().Warn("cannot park, resuming", zap.Error(err))
+		w.parkAfter = 0 // and do not try again
+		go w.unpark(nil)
+		return
+	}
+	// A stop that came before add could not wake it (see parking.stop).
+	if w.srv.parking.current() != parkOpen && pp.remove(w) {
+		go w.unpark(nil)
+	}
+}
+
+// wakeParked ends a parked wait early (the server is stopping).
+func (w *wire) wakeParked() {
+	if pp := parkPoller(); pp != nil {
+		if pp.remove(w) {
+			go w.unpark(nil)
+		}
+		return
+	}
+	w.raw.SetReadDeadline(time.Now())
+}
+
+// unpark ends a parked wait: err is nil when the client spoke (or the
+// wait was woken), os.ErrDeadlineExceeded at the read deadline.
+func (w *wire) unpark(err error) {
+	p := w.srv.parking
+	defer p.end(w)
+	w.srv.metrics.parked.WithLabelValues(w.srv.name).Dec()
+	state := p.current()
+	switch {
+	case state == parkClosed:
+		w.Close()
+		return
+	case errors.Is(err, os.ErrDeadlineExceeded) && state == parkOpen:
+		// The read timeout (or the session's) ran out while parked: the
+		// answer an idle live session gets, without waking go-smtp.
+		w.conn.Logger().Debug("closing: idle timeout")
+		w.finalReply([]byte(formatReply(replyIdleTimeout)), 421, false)
+		w.Close()
+		return
+	case err != nil && !errors.Is(err, os.ErrDeadlineExceeded):
+		w.Close()
+		return
+	}
+	// Readable, or the server is draining: back to go-smtp.
+	w.br = bufio.NewReaderSize(w.tr, w.lim.MaxLineLength)
+	w.resume = resumeGreeting
+	select {
+	case p.resumed <- w:
+	case <-p.done:
+		w.Close()
+	}
+}
+
+// replayHello is the greeting a resumed session says again to go-smtp.
+func (w *wire) replayHello() []byte {
+	verb := "EHLO "
+	if w.greeted == greetHELO {
+		verb = "HELO "
+	}
+	w.resume = resumeHelloAck
+	return []byte(verb + w.conn.Helo() + "\r\n")
+}
+
+// resumeReply swallows go-smtp's replies while a session resumes.
+func (w *wire) resumeReply(line []byte) {
+	if len(line) >= 4 && line[3] == '-' {
+		return // more lines follow
+	}
+	switch {
+	case w.resume == resumeGreeting && w.greeted != 0:
+		w.resume = resumeHello
+	case w.resume == resumeHelloAck && !(len(line) >= 3 && string(line[:3]) == "250"):
+		// Cannot happen (go-smtp accepted this name before): end the
+		// session rather than run it in a state the client does not know.
+		w.conn.Logger().Warn("closing: resumed session not greeted", zap.ByteString("reply", line))
+		w.closing.Store(true)
+		w.resume = resumeNone
+	default:
+		w.resume = resumeNone
+	}
+}

@@ -1,0 +1,146 @@
+package smtpapp_test
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
+)
+
+// Parking (park.go): an idle plaintext session gives back go-smtp's state
+// and resumes where it was when the client speaks again. The client must
+// not be able to tell, and no limit may be reset by it.
+
+// parkFast: sessions park after 100ms idle.
+func parkFast(mods ...func(lim map[string]any)) func(app, srv map[string]any) {
+	return func(app, srv map[string]any) {
+		lim := srv["limits"].(map[string]any)
+		lim["park_idle_after"] = "100ms"
+		for _, m := range mods {
+			m(lim)
+		}
+	}
+}
+
+var parkedGauge = regexp.MustCompile(`caddy_smtp_connections_parked\{server="mx"\} (\d+)`)
+
+// waitParked waits until n sessions are parked.
+func waitParked(t *testing.T, env *testenv.Env, n int) {
+	t.Helper()
+	want := fmt.Sprint(n)
+	var got string
+	if !testenv.WaitFor(5*time.Second, func() bool {
+		m := parkedGauge.FindStringSubmatch(metrics(t, env))
+		got = "none"
+		if m != nil {
+			got = m[1]
+		}
+		return got == want
+	}) {
+		t.Fatalf("parked sessions: want %s, got %s", want, got)
+	}
+}
+
+// TestParkedSessionResumes: after EHLO and a pause the session is parked;
+// a pipelined transaction then gets exactly its own replies (go-smtp's
+// replayed greeting is not seen) and the EHLO state holds (BDAT needs it).
+func TestParkedSessionResumes(t *testing.T) {
+	env, addr := startMX(t, parkFast())
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	waitParked(t, env, 1)
+
+	body := "Subject: parked\r\n\r\nresumed\r\n"
+	c.Send("MAIL FROM:<sender@example.org>\r\nRCPT TO:<alice@example.test>\r\n" +
+		fmt.Sprintf("BDAT %d LAST\r\n", len(body)) + body)
+	for i, want := range []int{250, 250, 250} {
+		if r := c.Read(); r.Code != want {
+			t.Fatalf("reply %d after resuming: %s", i+1, r)
+		}
+	}
+	if n := len(aliceMail(t, env)); n != 1 {
+		t.Fatalf("want 1 message stored, got %d", n)
+	}
+	// It parks again, and again comes back.
+	waitParked(t, env, 1)
+	c.Expect("NOOP", 250)
+	c.Expect("QUIT", 221)
+	waitParked(t, env, 0)
+}
+
+// TestParkedBeforeGreeting: a client silent after the banner parks too,
+// and must still say EHLO first once it resumes.
+func TestParkedBeforeGreeting(t *testing.T) {
+	env, addr := startMX(t, parkFast())
+	c, _ := testenv.Dial(t, addr)
+	waitParked(t, env, 1)
+	if r := c.Cmd("MAIL FROM:<sender@example.org>"); r.Code != 503 {
+		t.Fatalf("MAIL before EHLO after a park: %s", r)
+	}
+	c.Expect("HELO client.example.org", 250)
+	waitParked(t, env, 1)
+	// HELO, not EHLO, is what the session remembers: no CHUNKING.
+	c.Send("BDAT 1 LAST\r\nx")
+	if r := c.Read(); r.Code != 503 {
+		t.Fatalf("BDAT after HELO and a park: %s", r)
+	}
+}
+
+// TestParkingKeepsLimits: the per-session message count survives a park
+// (a client cannot reset it by pausing).
+func TestParkingKeepsLimits(t *testing.T) {
+	env, addr := startMX(t, parkFast(func(lim map[string]any) { lim["max_messages"] = 1 }))
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.StartMessage("sender@example.org", "alice@example.test")
+	c.Send("Subject: one\r\n\r\none\r\n.\r\n")
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("first message: %s", r)
+	}
+	waitParked(t, env, 1)
+	if r := c.Cmd("MAIL FROM:<sender@example.org>"); r.Code < 400 {
+		t.Fatalf("second message past max_messages after a park: %s", r)
+	}
+}
+
+// TestParkedIdleTimeout: the read timeout holds while parked, with the
+// same 421 a live session gets.
+func TestParkedIdleTimeout(t *testing.T) {
+	env, addr := startMX(t, parkFast(func(lim map[string]any) { lim["read_timeout"] = "1s" }))
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	waitParked(t, env, 1)
+	start := time.Now()
+	r := c.Read()
+	if r.Code != 421 || !strings.HasPrefix(r.Text(), "4.4.2") {
+		t.Fatalf("parked session at the read timeout: %s", r)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("timeout after %v", d)
+	}
+	if !c.Closed() {
+		t.Fatal("connection open after the timeout")
+	}
+	waitParked(t, env, 0)
+}
+
+// TestParkedAcrossReload: a reload hands parked sessions back to their
+// config's go-smtp, which lets them finish.
+func TestParkedAcrossReload(t *testing.T) {
+	env, addr := startMX(t, parkFast())
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	waitParked(t, env, 1)
+	env.Load(env.Config(mxApp(env, addr, parkFast(func(lim map[string]any) { lim["max_recipients"] = 5 })), nil))
+	c.StartMessage("sender@example.org", "alice@example.test")
+	c.Send("Subject: across a reload\r\n\r\nparked\r\n.\r\n")
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("parked session after a reload: %s", r)
+	}
+	if n := len(aliceMail(t, env)); n != 1 {
+		t.Fatalf("want 1 message stored, got %d", n)
+	}
+}

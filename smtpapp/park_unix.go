@@ -1,0 +1,46 @@
+//go:build unix
+
+package smtpapp
+
+import (
+	"net"
+	"syscall"
+	"time"
+)
+
+// canWaitReadable: the connection is a socket whose readiness can be
+// waited for without reading from it.
+func canWaitReadable(c net.Conn) bool {
+	_, ok := c.(syscall.Conn)
+	return ok
+}
+
+// waitReadable blocks until c has input (or its end, or an error), until
+// deadline, or until it is woken by a deadline in the past and stop says
+// so. It reads nothing and holds no buffer: the runtime's poller does the
+// waiting, as for any blocked read.
+func waitReadable(c net.Conn, deadline time.Time, stop func() bool) error {
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	// The deadline first, then the check: a stop that comes after the
+	// check sets its own deadline after this one, and so wakes the wait.
+	c.SetReadDeadline(deadline)
+	if stop() {
+		return nil
+	}
+	var peek [1]byte
+	return rc.Read(func(fd uintptr) bool {
+		for {
+			_, _, err := syscall.Recvfrom(int(fd), peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			switch err {
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				return false // nothing yet: the poller waits
+			}
+			return true // input, end of stream or an error: the reader sees it
+		}
+	})
+}
