@@ -1,7 +1,6 @@
 package smtpapp
 
 import (
-	"net/netip"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -68,21 +67,26 @@ func validDomain(d string) bool {
 	if d == "" || len(d) > 253 {
 		return false
 	}
-	if _, err := netip.ParseAddr(d); err == nil {
-		return false // a bare IP is not a domain
-	}
-	for _, label := range strings.Split(d, ".") {
+	for rest := d; ; {
+		label, tail, more := strings.Cut(rest, ".")
 		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
 			return false
 		}
+		digits := true
 		for i := 0; i < len(label); i++ {
 			ch := label[i]
 			if !(ch >= 'a' && ch <= 'z' || ch >= '0' && ch <= '9' || ch == '-' || ch == '_') {
 				return false
 			}
+			digits = digits && ch >= '0' && ch <= '9'
 		}
+		if !more {
+			// An all-numeric last label: a bare IPv4 address, or a top
+			// level domain that cannot exist (RFC 3696 2).
+			return !digits
+		}
+		rest = tail
 	}
-	return true
 }
 
 // StripSubaddress removes a "+tag" from the local part.

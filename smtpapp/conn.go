@@ -365,13 +365,19 @@ func (c *Conn) String() string { return fmt.Sprintf("%s[%s]", c.ID, c.remote) }
 // would turn the Kelvin sign into a "k" and let a non-ASCII name pass as
 // a valid one) and drops a trailing dot.
 func normalizeDomain(d string) string {
-	b := []byte(strings.TrimSuffix(d, "."))
-	for i, c := range b {
-		if 'A' <= c && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
+	d = strings.TrimSuffix(d, ".")
+	for i := 0; i < len(d); i++ {
+		if 'A' <= d[i] && d[i] <= 'Z' { // most are lower case already: no copy
+			b := []byte(d)
+			for j := i; j < len(b); j++ {
+				if 'A' <= b[j] && b[j] <= 'Z' {
+					b[j] += 'a' - 'A'
+				}
+			}
+			return string(b)
 		}
 	}
-	return string(b)
+	return d
 }
 
 // Pause waits d before the greeting (call it from a ConnectHook) and

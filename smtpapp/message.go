@@ -104,6 +104,7 @@ func sanitizeHeaderValue(v string) string {
 		return v
 	}
 	var b strings.Builder
+	b.Grow(len(v))
 	for i := 0; i < len(v); i++ {
 		ch := v[i]
 		if ch == '\r' && i+2 < len(v) && v[i+1] == '\n' && (v[i+2] == ' ' || v[i+2] == '\t') {

@@ -1,6 +1,7 @@
 package smtpapp
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -140,8 +141,31 @@ func hasControl(b []byte) bool {
 // splitCommand splits a command line into its upper-cased verb and its
 // argument ("" if none).
 func splitCommand(line []byte) (verb, arg string) {
-	v, a, _ := cutSpace(string(line))
-	return upperASCII(v), a
+	v, a, _ := bytes.Cut(line, []byte(" "))
+	return upperVerb(v), string(bytes.Trim(a, " "))
+}
+
+// knownVerbs are the verbs upperVerb returns without allocating.
+var knownVerbs = [...]string{"EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "AUTH", "STARTTLS"}
+
+// upperVerb is upperASCII for a verb, without a copy for the known ones.
+func upperVerb(v []byte) string {
+	var buf [8]byte
+	if len(v) <= len(buf) {
+		u := buf[:len(v)]
+		for i, c := range v {
+			if 'a' <= c && c <= 'z' {
+				c -= 'a' - 'A'
+			}
+			u[i] = c
+		}
+		for _, k := range knownVerbs {
+			if string(u) == k {
+				return k
+			}
+		}
+	}
+	return upperASCII(string(v))
 }
 
 // upperASCII upper-cases ASCII letters only: a verb with other bytes is

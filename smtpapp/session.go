@@ -380,16 +380,33 @@ func received(c *Conn, env *Envelope) string {
 	if env.Account != "" {
 		proto += "A"
 	}
-	var b strings.Builder
+	// One buffer, appended to: this runs for every message.
+	b := make([]byte, 0, 200+len(env.Helo)+len(c.server.Hostname))
 	if ValidHostname(env.Helo) {
-		b.WriteString("from " + env.Helo + " ([" + env.ClientIP.String() + "])")
+		b = append(b, "from "...)
+		b = append(b, env.Helo...)
+		b = append(b, " (["...)
+		b = env.ClientIP.AppendTo(b)
+		b = append(b, "])"...)
 	} else { // whatever the client said must not forge the trace
-		b.WriteString("from [" + env.ClientIP.String() + "] (helo=" + commentSafe(env.Helo) + ")")
+		b = append(b, "from ["...)
+		b = env.ClientIP.AppendTo(b)
+		b = append(b, "] (helo="...)
+		b = append(b, commentSafe(env.Helo)...)
+		b = append(b, ')')
 	}
-	b.WriteString("\r\n\tby " + c.server.Hostname + " (caddy-smtp) with " + proto + " id " + env.ID)
+	b = append(b, "\r\n\tby "...)
+	b = append(b, c.server.Hostname...)
+	b = append(b, " (caddy-smtp) with "...)
+	b = append(b, proto...)
+	b = append(b, " id "...)
+	b = append(b, env.ID...)
 	if len(env.Recipients) == 1 {
-		b.WriteString("\r\n\tfor <" + env.Recipients[0].Address + ">")
+		b = append(b, "\r\n\tfor <"...)
+		b = append(b, env.Recipients[0].Address...)
+		b = append(b, '>')
 	}
-	b.WriteString("; " + env.Received.Format(time.RFC1123Z))
-	return b.String()
+	b = append(b, "; "...)
+	b = env.Received.AppendFormat(b, time.RFC1123Z)
+	return string(b)
 }

@@ -452,20 +452,20 @@ func (w *wire) refuseAndClose(label, reason string, e *Error) error {
 // Write takes go-smtp's replies, a line at a time.
 func (w *wire) Write(b []byte) (int, error) {
 	w.replyBuf = append(w.replyBuf, b...)
+	rest := w.replyBuf
 	for {
-		i := bytes.IndexByte(w.replyBuf, '\n')
+		i := bytes.IndexByte(rest, '\n')
 		if i < 0 {
 			break
 		}
-		line := w.replyBuf[:i+1]
-		if err := w.goSMTPLine(line); err != nil {
+		if err := w.goSMTPLine(rest[:i+1]); err != nil {
+			w.replyBuf = w.replyBuf[:0]
 			return 0, err
 		}
-		w.replyBuf = w.replyBuf[i+1:]
+		rest = rest[i+1:]
 	}
-	if len(w.replyBuf) == 0 {
-		w.replyBuf = w.replyBuf[:0:0]
-	}
+	// A partial line moves to the front; the buffer is kept for the next.
+	w.replyBuf = append(w.replyBuf[:0], rest...)
 	return len(b), nil
 }
 
