@@ -1,0 +1,427 @@
+#!/usr/bin/env bash
+# Our server against Postfix on the same machine in the same run (issue 16).
+# Builds the server and internal/cmd/smtpsubmit, and for each case runs our
+# server (examples/Caddyfile in a scratch folder, so ./data is scratch) and
+# then a private Postfix instance (its own config, queue, data and Maildir
+# folders under the scratch folder, smtpd on 127.0.0.1:12625 only), each
+# fresh. A system Postfix, if any, is left alone. Ours runs the quick-start
+# config on ports of its own: MX 12525, submission 12587, admin 12019 (the
+# quick start's 2525/2587/2019 are shared by SO_REUSEPORT with any other
+# server there); the sink listens on 12699. MX_PORT, SUB_PORT, ADMIN_PORT,
+# PF_PORT, SINK_PORT change them; all must be free.
+#
+#   scripts/bench-vs-postfix.sh
+#   MESSAGES=5000 SUBMIT_MESSAGES=2000 scripts/bench-vs-postfix.sh
+#
+# Environment: MESSAGES (20000, cases 1 and 2), SIZE (4096 body bytes),
+# SUBMIT_MESSAGES (10000, case 3), SUBMIT_SESSIONS (20), SUBMIT_PER_CONN
+# (500 messages per connection, so one AUTH per session), TIMEOUT (600 s to
+# wait for asynchronous delivery), KEEP=1 keeps the scratch folder.
+#
+# Cases and figures:
+#  1. smtp-source -s 20 -m MESSAGES -l SIZE to alice@example.test, inbound:
+#     ours = our MX storing into Maildir; the 250 means the message
+#     is already synced in Maildir, so messages/s = MESSAGES / (last 250 -
+#     start). postfix = smtpd + virtual(8) into Maildir. Postfix's 250
+#     means "in the queue"; it delivers later, so two figures: "250s" =
+#     until smtp-source got its last 250, "Maildir" = until all MESSAGES
+#     files are in Maildir/new. The ratio ours/postfix uses the Maildir one.
+#  2. The same with -s 100.
+#  3. Submission to a remote domain: smtpsubmit (STARTTLS, then for ours
+#     AUTH PLAIN as alice on submission) sends SUBMIT_MESSAGES to
+#     someone@remote.test; both servers relay every message to one
+#     smtp-sink on 127.0.0.1:12699 (ours: queue smarthost, tls none;
+#     Postfix: relayhost). messages/s = SUBMIT_MESSAGES / (time until the
+#     sink counted all of them - start). Ours with DKIM signing (default)
+#     and without; Postfix does not sign.
+#
+# After each run the stored or received count must equal the count
+# acknowledged, exactly, and the sending server's queue must be empty;
+# otherwise the script says MISMATCH and exits 1 at the end. Ratios below
+# their goals (>= 4x inbound, >= 2x submission) are reported, not fatal.
+set -euo pipefail
+messages=${MESSAGES:-20000} size=${SIZE:-4096}
+submit_messages=${SUBMIT_MESSAGES:-10000} submit_sessions=${SUBMIT_SESSIONS:-20}
+submit_per_conn=${SUBMIT_PER_CONN:-500}
+timeout=${TIMEOUT:-600}
+root=$(cd "$(dirname "$0")/.." && pwd)
+# Ports of this run, not the quick start's: Caddy listens with SO_REUSEPORT,
+# so a second server on 2525 (another benchmark, a dev run) would silently
+# share the port and take some of the connections.
+mx_port=${MX_PORT:-12525} sub_port=${SUB_PORT:-12587} subs_port=$((${SUB_PORT:-12587} - 122))
+admin_port=${ADMIN_PORT:-12019} pf_port=${PF_PORT:-12625} sink_port=${SINK_PORT:-12699}
+
+for cmd in postfix postconf smtp-source smtp-sink openssl; do
+	command -v "$cmd" >/dev/null || {
+		echo "$cmd is missing (Debian: apt-get install postfix openssl)" >&2
+		exit 2
+	}
+done
+for port in $admin_port $mx_port $sub_port $subs_port $pf_port $sink_port; do
+	if ss -Hltn "sport = :$port" | grep -q .; then
+		echo "port $port is in use; this benchmark needs it free" >&2
+		exit 2
+	fi
+done
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+work=$(mktemp -d)
+chmod 755 "$work" # Postfix's virtual(8) runs as nobody and writes below it
+pid= sink_pid= pf_dir=
+stop_ours() {
+	if [ -n "$pid" ]; then
+		kill "$pid" 2>/dev/null || true
+		for _ in $(seq 1 100); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -9 "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+		pid=
+	fi
+}
+stop_sink() {
+	if [ -n "$sink_pid" ]; then
+		kill "$sink_pid" 2>/dev/null || true
+		wait "$sink_pid" 2>/dev/null || true
+		sink_pid=
+	fi
+}
+stop_postfix() {
+	if [ -n "$pf_dir" ]; then
+		MAIL_CONFIG="$pf_dir/etc" postfix -c "$pf_dir/etc" stop >/dev/null 2>&1 || true
+		for _ in $(seq 1 100); do
+			MAIL_CONFIG="$pf_dir/etc" postfix -c "$pf_dir/etc" status >/dev/null 2>&1 || break
+			sleep 0.1
+		done
+		pf_dir=
+	fi
+}
+cleanup() {
+	stop_ours
+	stop_postfix
+	stop_sink
+	if [ "${KEEP:-}" = 1 ]; then
+		echo "scratch folder kept: $work" >&2
+	else
+		rm -rf "$work"
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "building..." >&2
+(cd "$root" && go build -o "$work/caddy" ./cmd/caddy && go build -o "$work/smtpsubmit" ./internal/cmd/smtpsubmit)
+
+now() { date +%s.%N; }
+# rate N START END: messages/s.
+rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN { printf "%.0f", n / (b - a) }'; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else printf "-" }'; }
+# files DIR: how many files DIR holds (0 if it does not exist yet).
+files() { if [ -d "$1" ]; then find "$1" -maxdepth 1 -type f | wc -l; else echo 0; fi; }
+wait_port() {
+	for _ in $(seq 1 150); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	echo "nothing listens on 127.0.0.1:$1" >&2
+	return 1
+}
+summary=$work/summary
+status=0
+mismatch() {
+	echo "MISMATCH: $*"
+	status=1
+}
+
+# ours_config SESSIONS [OUTBOUND BLOCK LINES]: the quick start on this
+# run's ports, with max_connections_per_ip SESSIONS+5 on the MX and
+# submission (smtp-source and smtpsubmit connect from one address) and the
+# outbound queue's block.
+ours_config() {
+	local lim="\n\t\t\tlimits {\n\t\t\t\tmax_connections_per_ip $(($1 + 5))\n\t\t\t}"
+	sed -e "s|admin localhost:2019|admin localhost:$admin_port|" \
+		-e "s|listen 127.0.0.1:2525|listen 127.0.0.1:$mx_port$lim|" \
+		-e "s|listen 127.0.0.1:2587|listen 127.0.0.1:$sub_port$lim|" \
+		-e "s|listen 127.0.0.1:2465|listen 127.0.0.1:$subs_port|" \
+		-e "s|outbound queue ./data/queue|& {${2:-}\n\t\t}|" "$root/examples/Caddyfile"
+}
+
+# start_ours DIR: runs our server with DIR/Caddyfile in DIR.
+start_ours() {
+	(cd "$1" && exec "$work/caddy" run --config Caddyfile >caddy.log 2>&1) &
+	pid=$!
+	wait_port "$mx_port" && wait_port "$sub_port"
+	sleep 0.5 # the probes' connections are gone
+}
+
+# start_postfix DIR [main.cf settings...]: a private Postfix instance in
+# DIR: config DIR/etc, queue DIR/queue, data DIR/data, log DIR/maillog,
+# Maildirs under DIR/mail (virtual(8), owned by nobody), smtpd on
+# 127.0.0.1:$pf_port only, no chroot.
+start_postfix() {
+	local d=$1
+	shift
+	mkdir -p "$d/etc" "$d/data" "$d/queue" "$d/mail"
+	if [ -f /usr/share/postfix/master.cf.dist ]; then
+		cp /usr/share/postfix/master.cf.dist "$d/etc/master.cf"
+	else
+		cp /etc/postfix/master.cf "$d/etc/master.cf"
+	fi
+	: >"$d/etc/main.cf"
+	printf '%s\n' "alice@example.test example.test/alice/" "bob@example.test example.test/bob/" >"$d/etc/vmailbox"
+	local nobody
+	nobody=$(id -u nobody)
+	postconf -c "$d/etc" -e \
+		"compatibility_level = 3.6" \
+		"queue_directory = $d/queue" \
+		"data_directory = $d/data" \
+		"maillog_file_prefixes = $d" \
+		"maillog_file = $d/maillog" \
+		"inet_interfaces = 127.0.0.1" \
+		"inet_protocols = ipv4" \
+		"myhostname = postfix.bench.test" \
+		"mydestination =" \
+		"mynetworks = 127.0.0.0/8" \
+		"alias_maps =" "alias_database =" "local_recipient_maps =" \
+		"biff = no" \
+		"default_process_limit = 200" \
+		"smtpd_recipient_limit = 1000" \
+		"virtual_mailbox_domains = example.test" \
+		"virtual_mailbox_base = $d/mail" \
+		"virtual_mailbox_maps = texthash:$d/etc/vmailbox" \
+		"virtual_minimum_uid = $nobody" \
+		"virtual_uid_maps = static:$nobody" \
+		"virtual_gid_maps = static:$(id -g nobody)" \
+		"$@"
+	postconf -c "$d/etc" -F '*/*/chroot = n'
+	postconf -c "$d/etc" -MX smtp/inet
+	postconf -c "$d/etc" -M "127.0.0.1:$pf_port/inet = 127.0.0.1:$pf_port inet n - n - - smtpd"
+	chown nobody:"$(id -gn nobody)" "$d/mail"
+	chown postfix "$d/data"
+	MAIL_CONFIG="$d/etc" postfix -c "$d/etc" set-permissions
+	pf_dir=$d
+	if ! MAIL_CONFIG="$d/etc" postfix -c "$d/etc" start >/dev/null 2>&1; then
+		echo "Postfix did not start; its log:" >&2
+		cat "$d/maillog" >&2 || true
+		return 1
+	fi
+	wait_port "$pf_port"
+	pf_check "$d"
+}
+
+# pf_check DIR: shows that the instance is private (its folders under the
+# scratch folder, its master listening on 127.0.0.1:$pf_port only) and stops
+# the benchmark if it is not.
+pf_check() {
+	local d=$1 mpid v listens
+	mpid=$(tr -d ' ' <"$d/queue/pid/master.pid")
+	for v in config_directory queue_directory data_directory maillog_file virtual_mailbox_base; do
+		case "$(postconf -c "$d/etc" -h "$v")" in
+		"$work"/*) ;;
+		*)
+			echo "Postfix $v is outside the scratch folder" >&2
+			return 1
+			;;
+		esac
+	done
+	listens=$(ss -Hltnp | grep "pid=$mpid," | awk '{print $4}' | sort -u | tr '\n' ' ')
+	echo "postfix: private instance, master PID $mpid, config/queue/data/log/Maildir under $d, listening on: $listens"
+	if [ "$listens" != "127.0.0.1:$pf_port " ]; then
+		echo "Postfix listens on more than 127.0.0.1:$pf_port" >&2
+		return 1
+	fi
+}
+
+# pf_queued DIR: messages still in the instance's queue.
+pf_queued() { find "$1/queue/incoming" "$1/queue/active" "$1/queue/deferred" "$1/queue/maildrop" -type f | wc -l; }
+
+# inbound CASE SESSIONS: case 1 or 2.
+inbound() {
+	local c=$1 s=$2 dir=$work/case$1
+	echo
+	echo "=== case $c: smtp-source -s $s -m $messages -l $size to alice@example.test, stored in Maildir ==="
+	mkdir -p "$dir/ours" "$dir/postfix"
+
+	ours_config "$s" >"$dir/ours/Caddyfile"
+	start_ours "$dir/ours"
+	local maildir=$dir/ours/data/maildir/example.test/alice/new t0 t1
+	t0=$(now)
+	smtp-source -s "$s" -m "$messages" -l "$size" -f sender@example.org -t alice@example.test "127.0.0.1:$mx_port" >/dev/null
+	t1=$(now)
+	local stored rss
+	stored=$(files "$maildir")
+	rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$pid/status")
+	stop_ours
+	local ours_rate
+	ours_rate=$(rate "$messages" "$t0" "$t1")
+	echo "ours:    $messages messages acknowledged in $(secs "$t0" "$t1")s = $ours_rate messages/s (end point: last 250 = synced in Maildir); stored $stored; peak RSS $rss MiB"
+	[ "$stored" -eq "$messages" ] || mismatch "ours case $c: $messages acknowledged, $stored in Maildir"
+
+	start_postfix "$dir/postfix"
+	maildir=$dir/postfix/mail/example.test/alice/new
+	local t250 tmd=
+	t0=$(now)
+	smtp-source -s "$s" -m "$messages" -l "$size" -f sender@example.org -t alice@example.test "127.0.0.1:$pf_port" >/dev/null
+	t250=$(now)
+	local deadline=$(($(date +%s) + timeout))
+	while [ "$(date +%s)" -lt "$deadline" ]; do
+		if [ "$(files "$maildir")" -ge "$messages" ]; then
+			tmd=$(now)
+			break
+		fi
+		sleep 0.1
+	done
+	sleep 1 # anything past the count would show now
+	stored=$(files "$maildir")
+	local queued
+	queued=$(pf_queued "$dir/postfix")
+	stop_postfix
+	local pf_rate250 pf_rate
+	pf_rate250=$(rate "$messages" "$t0" "$t250")
+	echo "postfix: $messages messages acknowledged in $(secs "$t0" "$t250")s = $pf_rate250 messages/s (end point: last 250 = in Postfix's queue)"
+	if [ -n "$tmd" ]; then
+		pf_rate=$(rate "$messages" "$t0" "$tmd")
+		echo "postfix: all $messages in Maildir after $(secs "$t0" "$tmd")s = $pf_rate messages/s (end point: last file in Maildir/new)"
+	else
+		pf_rate=0
+		echo "postfix: only $stored of $messages in Maildir after ${timeout}s"
+	fi
+	echo "postfix: stored $stored; still queued $queued"
+	[ "$stored" -eq "$messages" ] && [ "$queued" -eq 0 ] || mismatch "postfix case $c: $messages acknowledged, $stored in Maildir, $queued queued"
+	if [ "$pf_rate" != 0 ]; then
+		echo "ratio ours/postfix: $(ratio "$ours_rate" "$pf_rate")x by Maildir (goal >= 4x); $(ratio "$ours_rate" "$pf_rate250")x by 250s"
+	fi
+	echo "$c|-s $s, inbound to Maildir|$ours_rate|$pf_rate250|$pf_rate|$(ratio "$ours_rate" "$pf_rate")|4" >>"$summary"
+}
+
+# start_sink: one smtp-sink on 127.0.0.1:$sink_port counting messages (-c) into
+# $sink_out, unprivileged (-u nobody).
+start_sink() {
+	sink_out=$1
+	smtp-sink -c -u nobody "127.0.0.1:$sink_port" 1000 >"$sink_out" 2>&1 &
+	sink_pid=$!
+	wait_port "$sink_port"
+	sleep 0.2
+}
+# sink_count: messages the sink received so far (its last "mesg=" counter).
+sink_count() { tail -c 200 "$sink_out" | tr '\r' '\n' | sed -n 's/.*mesg=\([0-9]*\).*/\1/p' | tail -n 1 | grep . || echo 0; }
+# wait_sink N: waits until the sink counted N messages (or TIMEOUT); prints
+# the time it did, or nothing.
+wait_sink() {
+	local deadline=$(($(date +%s) + timeout))
+	while [ "$(date +%s)" -lt "$deadline" ]; do
+		if [ "$(sink_count)" -ge "$1" ]; then
+			now
+			return
+		fi
+		sleep 0.1
+	done
+}
+
+# submit_run LABEL: runs smtpsubmit with the remaining arguments, waits for
+# the sink and prints one line; sets run_rate.
+submit_run() {
+	local label=$1 t0 t1 tsink out
+	shift
+	t0=$(now)
+	out=$("$work/smtpsubmit" -messages "$submit_messages" -sessions "$submit_sessions" -per-conn "$submit_per_conn" -size "$size" \
+		-to someone@remote.test -timeout "${timeout}s" "$@") || true
+	t1=$(now)
+	tsink=$(wait_sink "$submit_messages")
+	sleep 1 # duplicates past the count would show now
+	local ok got
+	ok=$(echo "$out" | sed -n 's/^ok=\([0-9]*\) .*/\1/p')
+	got=$(sink_count)
+	echo "$label: smtpsubmit: $(echo "$out" | head -n 1)"
+	echo "$out" | grep 'first error' || true
+	if [ -n "$tsink" ]; then
+		run_rate=$(rate "$submit_messages" "$t0" "$tsink")
+		echo "$label: the sink got all $submit_messages after $(secs "$t0" "$tsink")s = $run_rate messages/s (end point: last message received by smtp-sink; last 250 to the client after $(secs "$t0" "$t1")s)"
+	else
+		run_rate=0
+		echo "$label: the sink got only $got of $submit_messages within ${timeout}s"
+	fi
+	[ "${ok:-0}" -eq "$submit_messages" ] && [ "$got" -eq "$submit_messages" ] ||
+		mismatch "$label: $submit_messages sent, ${ok:-0} acknowledged, $got received by the sink"
+}
+
+submission() {
+	local dir=$work/case3
+	echo
+	echo "=== case 3: submission of $submit_messages messages of $size bytes over $submit_sessions sessions ($submit_per_conn per connection) to someone@remote.test, relayed to smtp-sink ==="
+	echo "ours:    STARTTLS + AUTH PLAIN (alice) on submission; queue relays to smarthost 127.0.0.1:$sink_port (tls none), max_per_domain 20"
+	echo "postfix: STARTTLS, no AUTH (no SASL: clients are trusted by mynetworks = 127.0.0.0/8); relayhost = [127.0.0.1]:$sink_port"
+	echo "         (Postfix's default destination concurrency limit is 20, hence our max_per_domain 20; Postfix does not DKIM-sign;"
+	echo "         ours signs twice, RSA-2048 and Ed25519; each of our AUTHs is a bcrypt check)"
+	local sh="\n\t\t\tsmarthost 127.0.0.1:$sink_port {\n\t\t\t\ttls none\n\t\t\t}\n\t\t\tmax_per_domain 20"
+	local -A rates
+	for dkim in on off; do
+		mkdir -p "$dir/ours-dkim-$dkim"
+		if [ $dkim = on ]; then
+			ours_config "$submit_sessions" "$sh" >"$dir/ours-dkim-$dkim/Caddyfile"
+		else
+			ours_config "$submit_sessions" "$sh\n\t\t\tdkim off" >"$dir/ours-dkim-$dkim/Caddyfile"
+		fi
+		start_sink "$dir/ours-dkim-$dkim/sink.out"
+		start_ours "$dir/ours-dkim-$dkim"
+		submit_run "ours (DKIM $dkim)" -addr "127.0.0.1:$sub_port" -user alice@example.test -pass demo-alice \
+			-ca-file "$dir/ours-dkim-$dkim/data/caddy/pki/authorities/local/root.crt" -server-name mail.example.test
+		local q
+		q=$(find "$dir/ours-dkim-$dkim/data/queue/queue" -type f -not -name '*.state' 2>/dev/null | wc -l)
+		echo "ours (DKIM $dkim): still queued $q"
+		[ "$q" -eq 0 ] || mismatch "ours (DKIM $dkim): $q messages still queued"
+		stop_ours
+		stop_sink
+		rates[$dkim]=$run_rate
+	done
+
+	mkdir -p "$dir/postfix"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+		-subj /CN=postfix.bench.test -addext subjectAltName=DNS:postfix.bench.test \
+		-keyout "$dir/postfix/key.pem" -out "$dir/postfix/cert.pem" 2>/dev/null
+	start_sink "$dir/postfix/sink.out"
+	start_postfix "$dir/postfix/pf" "relayhost = [127.0.0.1]:$sink_port" \
+		"smtpd_tls_security_level = may" "smtpd_tls_cert_file = $dir/postfix/cert.pem" \
+		"smtpd_tls_key_file = $dir/postfix/key.pem"
+	submit_run "postfix" -addr "127.0.0.1:$pf_port" -from alice@example.test \
+		-ca-file "$dir/postfix/cert.pem" -server-name postfix.bench.test
+	local queued
+	queued=$(pf_queued "$dir/postfix/pf")
+	echo "postfix: still queued $queued"
+	[ "$queued" -eq 0 ] || mismatch "postfix: $queued messages still queued"
+	stop_postfix
+	stop_sink
+	local pf=$run_rate
+	if [ "$pf" != 0 ]; then
+		echo "ratio ours/postfix: $(ratio "${rates[on]}" "$pf")x with DKIM, $(ratio "${rates[off]}" "$pf")x without (goal >= 2x)"
+	fi
+	echo "3|submission, DKIM on|${rates[on]}|-|$pf|$(ratio "${rates[on]}" "$pf")|2" >>"$summary"
+	echo "3|submission, DKIM off|${rates[off]}|-|$pf|$(ratio "${rates[off]}" "$pf")|2" >>"$summary"
+}
+
+if ss -Hltn "sport = :25" | grep -q .; then
+	echo "something (a system MTA?) listens on port 25: left alone; this benchmark uses its own ports"
+fi
+echo "machine: $(nproc) cores; $(postconf -d mail_version 2>/dev/null); Postfix: default_process_limit = 200 (default 100), so -s 100 is not capped"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (other work on this machine skews every figure)"
+echo "both: one fresh instance per case; message body $size bytes; every figure is messages/s from the first connection"
+inbound 1 20
+inbound 2 100
+submission
+
+echo
+echo "=== summary (messages/s) ==="
+{
+	echo "case|what|ours|postfix 250s|postfix done|ours/postfix|goal"
+	while IFS='|' read -r c what o p250 p r g; do
+		mark=below
+		awk -v r="$r" -v g="$g" 'BEGIN { exit !(r + 0 >= g) }' && mark=met
+		echo "$c|$what|$o|$p250|$p|${r}x|>= ${g}x $mark"
+	done <"$summary"
+} | column -t -s '|'
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "postfix done = all in Maildir (cases 1, 2) or all received by smtp-sink (case 3); ours is the same end point"
+[ "$status" -eq 0 ] || echo "MISMATCH: some acknowledged messages were not stored or received (see above)"
+exit "$status"
