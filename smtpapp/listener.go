@@ -109,7 +109,9 @@ type listener struct {
 func newListener(srv *Server, addr caddy.NetworkAddress, port uint) (*listener, error) {
 	key := addr.Network + "/" + addr.JoinHostPort(port)
 	val, _, err := sockets.LoadOrNew(key, func() (caddy.Destructor, error) {
-		ln, err := addr.Listen(srv.app.ctx, port, net.ListenConfig{})
+		// No TCP keepalive: read timeouts end dead sessions, and it would
+		// cost four system calls per connection.
+		ln, err := addr.Listen(srv.app.ctx, port, net.ListenConfig{KeepAlive: -1})
 		if err != nil {
 			return nil, err
 		}

@@ -11,3 +11,5 @@ import (
 func canWaitReadable(net.Conn) bool { return false }
 
 func waitReadable(net.Conn, time.Time, func() bool) error { return nil }
+
+func inputPending(net.Conn) bool { return true }

@@ -44,3 +44,23 @@ func waitReadable(c net.Conn, deadline time.Time, stop func() bool) error {
 		}
 	})
 }
+
+// inputPending reports whether c has unread input in the kernel (false at
+// its end, or when that cannot be known).
+func inputPending(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	pending := true
+	rc.Control(func(fd uintptr) {
+		var peek [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		pending = err == nil && n > 0
+	})
+	return pending
+}

@@ -73,10 +73,12 @@ type wire struct {
 	junk      int
 
 	replyBuf     []byte
+	pending      []byte       // lines of a reply not yet sent (see send)
 	sessionReply atomic.Int32 // replyNone, or how the session's reply counts
 
 	closing   atomic.Bool
 	linger    bool // closing after a reply: drain before closing
+	quit      bool // the reply was 221 to QUIT
 	closeOnce sync.Once
 
 	// Parking (park.go).
@@ -479,17 +481,15 @@ func (w *wire) goSMTPLine(line []byte) error {
 		return w.send(line)
 	}
 	code, _ := strconv.Atoi(string(line[:3]))
-	if line[3] == '-' { // not the last line of its reply
-		if err := w.send(line); err != nil {
-			return err
-		}
+	if line[3] == '-' { // not the last line of its reply: sent with it
+		w.pending = append(w.pending, line...)
 		w.ehloLines++
 		if w.inflight == "EHLO" && w.ehloLines == 1 {
 			switch {
 			case w.offerTLS && !w.tlsOn:
-				return w.send([]byte("250-STARTTLS\r\n"))
+				w.pending = append(w.pending, "250-STARTTLS\r\n"...)
 			case w.tlsOn: // go-smtp cannot see our TLS
-				return w.send([]byte("250-REQUIRETLS\r\n"))
+				w.pending = append(w.pending, "250-REQUIRETLS\r\n"...)
 			}
 		}
 		return nil
@@ -524,6 +524,7 @@ func (w *wire) finalReply(line []byte, code int, counted bool) error {
 	w.follow(code)
 	if code == 421 || code == 221 {
 		w.closeAfterReply()
+		w.quit = code == 221
 		w.conn.releaseSlot()
 	}
 	return w.send(line)
@@ -575,8 +576,14 @@ func (w *wire) resetTransaction() {
 	w.inMail, w.bdat = false, false
 }
 
-// send writes to the client within the write timeout.
+// send writes to the client within the write timeout, after the lines of
+// the reply held back so far: a reply goes out in one write.
 func (w *wire) send(b []byte) error {
+	if len(w.pending) > 0 {
+		w.pending = append(w.pending, b...)
+		b = w.pending
+		w.pending = w.pending[:0]
+	}
 	w.tr.SetWriteDeadline(time.Now().Add(time.Duration(w.lim.WriteTimeout)))
 	_, err := w.tr.Write(b)
 	return err
@@ -649,7 +656,11 @@ func (w *wire) Close() error {
 	}
 	w.closeOnce.Do(func() {
 		w.closing.Store(true)
-		if w.linger && lingering.TryAcquire(1) {
+		if w.linger && w.quit && !w.tlsOn && w.br != nil && w.br.Buffered() == 0 && !inputPending(w.raw) {
+			// After QUIT with nothing unread a close cannot reset the
+			// 221: no need to linger (the usual end of a session).
+			w.raw.Close()
+		} else if w.linger && lingering.TryAcquire(1) {
 			go func() {
 				defer lingering.Release(1)
 				w.drainAndClose()

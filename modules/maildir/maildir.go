@@ -4,6 +4,7 @@
 package maildir
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode"
@@ -47,6 +49,14 @@ type Maildir struct {
 }
 
 var seq atomic.Uint64
+
+// pid is in every file name; os.Getpid is a system call each time.
+var pid = strconv.Itoa(os.Getpid())
+
+// writers buffer a copy so that it reaches the file in one write (the
+// headers added here, the received header fields and the body are three
+// pieces otherwise).
+var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
 
 var errNoUnnamed = errors.New("unnamed files are not supported here")
 
@@ -222,7 +232,7 @@ func (sf *stagedFile) abort() {
 func (m *Maildir) stage(dir string, env *smtpapp.Envelope, r smtpapp.Recipient, msg *smtpapp.Message) (*stagedFile, error) {
 	now := time.Now()
 	base := strconv.FormatInt(now.Unix(), 10) + ".M" + strconv.Itoa(now.Nanosecond()/1000) +
-		"P" + strconv.Itoa(os.Getpid()) + "Q" + strconv.FormatUint(seq.Add(1), 10) + "." + m.hostname
+		"P" + pid + "Q" + strconv.FormatUint(seq.Add(1), 10) + "." + m.hostname
 	sf := &stagedFile{}
 	open := func() (*os.File, error) {
 		if !m.unnamed {
@@ -252,13 +262,19 @@ func (m *Maildir) stage(dir string, env *smtpapp.Envelope, r smtpapp.Recipient, 
 	if sf.tmp == "" {
 		sf.f = f
 	}
-	head := "Return-Path: <" + env.From + ">\r\nDelivered-To: " + r.Address + "\r\n"
-	n, err := f.WriteString(head)
+	bw := writers.Get().(*bufio.Writer)
+	bw.Reset(f)
+	n, err := bw.WriteString("Return-Path: <" + env.From + ">\r\nDelivered-To: " + r.Address + "\r\n")
 	if err == nil {
 		var k int64
-		k, err = msg.WriteTo(f)
+		k, err = msg.WriteTo(bw)
 		n += int(k)
 	}
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	writers.Put(bw)
 	if err == nil {
 		err = f.Sync()
 	}

@@ -8,7 +8,6 @@
 package groupsync
 
 import (
-	"os"
 	"sync"
 )
 
@@ -78,14 +77,4 @@ func (f *Folder) lead() {
 	}
 	f.running = false
 	f.mu.Unlock()
-}
-
-// Dir syncs a folder once (fsync of its entries).
-func Dir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
