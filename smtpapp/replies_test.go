@@ -45,6 +45,10 @@ func FuzzCommandLine(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, line []byte) {
 		verb, arg := splitCommand(line)
+		// The same as the plain reading, without its copies.
+		if v, a, _ := cutSpace(string(line)); verb != upperASCII(v) || arg != a {
+			t.Fatalf("%q: verb %q arg %q, want %q %q", line, verb, arg, upperASCII(v), a)
+		}
 		if verb != upperASCII(verb) || strings.Contains(verb, " ") {
 			t.Fatalf("verb %q", verb)
 		}
