@@ -3,6 +3,7 @@ package smtpapp
 import (
 	"bufio"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -159,7 +160,10 @@ func (w *wire) idleUntilParked() bool {
 // of the process, with a timer each for the read deadline; elsewhere a
 // small goroutine each waits (waitReadable).
 func (w *wire) park() {
-	w.br, w.out = nil, nil // the line buffer goes back to the heap while idle
+	// The buffers go back while idle: the line buffer to the next
+	// connection (lineReaders), the reply buffers to the heap.
+	freeLineReader(w.br)
+	w.br, w.out, w.replyBuf, w.pending = nil, nil, nil, nil
 	w.srv.metrics.parked.WithLabelValues(w.srv.name).Inc()
 	pp := parkPoller()
 	if pp == nil {
@@ -214,13 +218,31 @@ func (w *wire) unpark(err error) {
 		return
 	}
 	// Readable, or the server is draining: back to go-smtp.
-	w.br = bufio.NewReaderSize(w.tr, w.lim.MaxLineLength)
+	w.br = newLineReader(w.tr, w.lim.MaxLineLength)
 	w.resume = resumeGreeting
 	select {
 	case p.resumed <- w:
 	case <-p.done:
 		w.Close()
 	}
+}
+
+// lineReaders recycle the wire's line buffers: a session that parks gives
+// its buffer back and the next connection takes it, so that a flood of
+// idle connections does not leave one buffer each behind as garbage.
+var lineReaders sync.Pool
+
+func newLineReader(r io.Reader, size int) *bufio.Reader {
+	if br, _ := lineReaders.Get().(*bufio.Reader); br != nil && br.Size() == size {
+		br.Reset(r)
+		return br
+	}
+	return bufio.NewReaderSize(r, size)
+}
+
+func freeLineReader(br *bufio.Reader) {
+	br.Reset(nil)
+	lineReaders.Put(br)
 }
 
 // replayHello is the greeting a resumed session says again to go-smtp.

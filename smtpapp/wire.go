@@ -123,7 +123,7 @@ func newWire(srv *Server, raw net.Conn) *wire {
 		deadline:    time.Now().Add(time.Duration(lim.SessionTimeout)),
 		parkAfter:   max(time.Duration(lim.ParkIdleAfter), 0),
 	}
-	w.br = bufio.NewReaderSize(raw, lim.MaxLineLength)
+	w.br = newLineReader(raw, lim.MaxLineLength)
 	return w
 }
 
