@@ -174,6 +174,9 @@ func (l *listener) admit(raw net.Conn) {
 			return
 		}
 	}
+	if c.wire.startDetached() {
+		return // serveDetached had it; go-smtp gets it when needed
+	}
 	select {
 	case l.admitted <- c.wire:
 	case <-l.done:

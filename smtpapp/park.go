@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -147,7 +149,7 @@ func (w *wire) idleUntilParked() bool {
 	if _, err := w.br.Peek(1); !errors.Is(err, os.ErrDeadlineExceeded) {
 		return false // input, or an error the normal read will see again
 	}
-	if !time.Now().Before(dl) || !w.srv.parking.begin(w) {
+	if !time.Now().Before(dl) || !w.detached && !w.srv.parking.begin(w) {
 		return false
 	}
 	w.parkDeadline = dl
@@ -160,6 +162,7 @@ func (w *wire) idleUntilParked() bool {
 // of the process, with a timer each for the read deadline; elsewhere a
 // small goroutine each waits (waitReadable).
 func (w *wire) park() {
+	w.detached = true
 	// The buffers go back while idle: the line buffer to the next
 	// connection (lineReaders), the reply buffers to the heap.
 	freeLineReader(w.br)
@@ -184,12 +187,11 @@ func (w *wire) park() {
 	}
 }
 
-// wakeParked ends a parked wait early (the server is stopping).
+// wakeParked ends a parked wait early (the server is stopping); a
+// detached session that is reading gets its read deadline moved to now.
 func (w *wire) wakeParked() {
-	if pp := parkPoller(); pp != nil {
-		if pp.remove(w) {
-			go w.unpark(nil)
-		}
+	if pp := parkPoller(); pp != nil && pp.remove(w) {
+		go w.unpark(nil)
 		return
 	}
 	w.raw.SetReadDeadline(time.Now())
@@ -198,33 +200,155 @@ func (w *wire) wakeParked() {
 // unpark ends a parked wait: err is nil when the client spoke (or the
 // wait was woken), os.ErrDeadlineExceeded at the read deadline.
 func (w *wire) unpark(err error) {
-	p := w.srv.parking
-	defer p.end(w)
 	w.srv.metrics.parked.WithLabelValues(w.srv.name).Dec()
-	state := p.current()
+	state := w.srv.parking.current()
 	switch {
 	case state == parkClosed:
-		w.Close()
+		w.closeDetached()
 		return
 	case errors.Is(err, os.ErrDeadlineExceeded) && state == parkOpen:
 		// The read timeout (or the session's) ran out while parked: the
 		// answer an idle live session gets, without waking go-smtp.
-		w.conn.Logger().Debug("closing: idle timeout")
-		w.finalReply([]byte(formatReply(replyIdleTimeout)), 421, false)
-		w.Close()
+		w.idleTimeout()
 		return
 	case err != nil && !errors.Is(err, os.ErrDeadlineExceeded):
-		w.Close()
+		w.closeDetached()
 		return
 	}
-	// Readable, or the server is draining: back to go-smtp.
 	w.br = newLineReader(w.tr, w.lim.MaxLineLength)
+	w.serveDetached()
+}
+
+// detachable: a connection that can start without go-smtp (see
+// serveDetached) and park.
+func (w *wire) detachable() bool {
+	return w.parkAfter > 0 && !w.implicitTLS && canWaitReadable(w.raw)
+}
+
+// startDetached greets a new client without go-smtp, if it can.
+func (w *wire) startDetached() bool {
+	if !w.detachable() || !w.srv.parking.begin(w) {
+		return false
+	}
+	w.detached = true
+	// go-smtp's own greeting, through the same reply path.
+	w.Write([]byte("220 " + w.srv.Hostname + " ESMTP Service Ready\r\n"))
+	w.serveDetached()
+	return true
+}
+
+// serveDetached runs a plaintext session while no go-smtp connection
+// has it: from the greeting, and again after a park. The wire answers
+// the greeting commands (and everything it refuses) itself; the first
+// command that needs go-smtp attaches the session to a fresh go-smtp
+// connection, which hears the greeting replayed (attach). So a client
+// that connects, says EHLO and waits costs no go-smtp state at all: the
+// cheap front that Postfix's postscreen puts before smtpd.
+func (w *wire) serveDetached() {
+	p := w.srv.parking
+	for {
+		switch p.current() {
+		case parkClosed:
+			w.closeDetached()
+			return
+		case parkDraining: // go-smtp finishes the session, like the others
+			w.attach()
+			return
+		}
+		if w.tlsOn { // the EHLO reply under TLS is go-smtp's (AUTH)
+			w.attach()
+			return
+		}
+		err := w.nextCommand()
+		switch {
+		case w.parking.Load():
+			w.parking.Store(false)
+			w.park()
+			return
+		case w.closing.Load():
+			w.closeDetached()
+			return
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if p.current() != parkOpen {
+				continue // woken by a stop
+			}
+			w.idleTimeout()
+			return
+		case err != nil:
+			w.closeDetached()
+			return
+		case len(w.out) == 0: // answered by the wire
+		case w.inflight == "EHLO" || w.inflight == "HELO":
+			name := w.conn.Helo()
+			w.out = nil
+			w.Write([]byte(w.helloReply(w.inflight, name)))
+		default:
+			w.attach()
+			return
+		}
+	}
+}
+
+// helloReply is go-smtp's reply to HELO or EHLO (v0.25, handleGreet) as
+// this server configures it, for a plaintext session: no AUTH offered
+// (AuthMechanisms) and no REQUIRETLS; STARTTLS is the wire's to add.
+// TestDetachedGreetingIsGoSMTPs compares the two.
+func (w *wire) helloReply(verb, name string) string {
+	if verb == "HELO" {
+		return "250 2.0.0 Hello " + name + "\r\n"
+	}
+	gs := w.srv.smtp
+	lines := []string{"Hello " + name, "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING"}
+	if gs.EnableSMTPUTF8 {
+		lines = append(lines, "SMTPUTF8")
+	}
+	lines = append(lines, "SIZE "+strconv.FormatInt(gs.MaxMessageBytes, 10))
+	if gs.MaxRecipients > 0 {
+		lines = append(lines, "LIMITS RCPTMAX="+strconv.Itoa(gs.MaxRecipients))
+	}
+	var b strings.Builder
+	for i, l := range lines {
+		sep := "-"
+		if i == len(lines)-1 {
+			sep = " "
+		}
+		b.WriteString("250" + sep + l + "\r\n")
+	}
+	return b.String()
+}
+
+// attach hands a detached session to a fresh go-smtp connection. The
+// command that needs go-smtp (w.out, if any) waits until the greeting
+// has been replayed (see resumeReply).
+func (w *wire) attach() {
+	p := w.srv.parking
+	w.held, w.out = w.out, nil
 	w.resume = resumeGreeting
+	w.detached = false
+	w.endOnGreeting = true
 	select {
 	case p.resumed <- w:
+		// go-smtp's goroutine ends the registration when it greets
+		// (resumeReply): after go-smtp counts the session, so that a
+		// Shutdown waiting for both sees it.
 	case <-p.done:
-		w.Close()
+		w.endOnGreeting = false
+		w.detached = true
+		w.closeDetached()
 	}
+}
+
+// idleTimeout ends a detached session at its read deadline.
+func (w *wire) idleTimeout() {
+	w.conn.Logger().Debug("closing: idle timeout")
+	w.finalReply([]byte(formatReply(replyIdleTimeout)), 421, false)
+	w.closeDetached()
+}
+
+// closeDetached closes a session that go-smtp does not have.
+func (w *wire) closeDetached() {
+	w.Close()
+	w.srv.parking.end(w)
 }
 
 // lineReaders recycle the wire's line buffers: a session that parks gives
@@ -255,21 +379,26 @@ func (w *wire) replayHello() []byte {
 	return []byte(verb + w.conn.Helo() + "\r\n")
 }
 
-// resumeReply swallows go-smtp's replies while a session resumes.
+// resumeReply swallows go-smtp's replies while a session resumes; once
+// it has, the command held back at attach goes to go-smtp.
 func (w *wire) resumeReply(line []byte) {
 	if len(line) >= 4 && line[3] == '-' {
 		return // more lines follow
 	}
+	if w.resume == resumeGreeting && w.endOnGreeting {
+		w.endOnGreeting = false
+		w.srv.parking.end(w)
+	}
 	switch {
 	case w.resume == resumeGreeting && w.greeted != 0:
 		w.resume = resumeHello
+		return
 	case w.resume == resumeHelloAck && !(len(line) >= 3 && string(line[:3]) == "250"):
 		// Cannot happen (go-smtp accepted this name before): end the
 		// session rather than run it in a state the client does not know.
 		w.conn.Logger().Warn("closing: resumed session not greeted", zap.ByteString("reply", line))
 		w.closing.Store(true)
-		w.resume = resumeNone
-	default:
-		w.resume = resumeNone
 	}
+	w.resume = resumeNone
+	w.out, w.held = w.held, nil
 }

@@ -144,3 +144,33 @@ func TestParkedAcrossReload(t *testing.T) {
 		t.Fatalf("want 1 message stored, got %d", n)
 	}
 }
+
+// TestDetachedGreetingIsGoSMTPs: until a command needs go-smtp, the wire
+// answers HELO and EHLO itself (serveDetached); its replies must be the
+// ones go-smtp gives once attached, on a server without STARTTLS (mx) and
+// on ones that offer it.
+func TestDetachedGreetingIsGoSMTPs(t *testing.T) {
+	_, plain := startMX(t)
+	compareGreetings(t, plain)
+	s := startSubmission(t) // a new config: the one above is gone
+	compareGreetings(t, s.mx, s.sub)
+}
+
+func compareGreetings(t *testing.T, addrs ...string) {
+	for _, addr := range addrs {
+		for _, verb := range []string{"EHLO", "HELO"} {
+			c, _ := testenv.Dial(t, addr)
+			detached := c.Expect(verb+" client.example.org", 250)
+			c.Expect("NOOP", 250) // needs go-smtp: the session attaches
+			attached := c.Expect(verb+" client.example.org", 250)
+			if strings.Join(detached.Lines, "\n") != strings.Join(attached.Lines, "\n") {
+				t.Errorf("%s %s: the wire answered\n%s\ngo-smtp answers\n%s", addr, verb,
+					strings.Join(detached.Lines, "\n"), strings.Join(attached.Lines, "\n"))
+			}
+			if verb == "EHLO" && len(detached.Lines) < 5 {
+				t.Errorf("%s: short EHLO reply %q", addr, detached.Lines)
+			}
+			c.Expect("QUIT", 221)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -82,13 +83,16 @@ type wire struct {
 	closeOnce sync.Once
 
 	// Parking (park.go).
-	parkAfter    time.Duration // idle time before parking; 0: never
-	parking      atomic.Bool   // go-smtp is letting go: Close waits instead
-	parkDeadline time.Time     // the read deadline the parked wait keeps
-	resume       int           // resumeNone, or how far a resume has come
-	sess         *session      // outlives go-smtp's connections across parks
-	pollFD       int32         // the socket, while in the parking poller
-	parkTimer    *time.Timer   // the read deadline, while in the poller
+	parkAfter     time.Duration // idle time before parking; 0: never
+	parking       atomic.Bool   // go-smtp is letting go: Close waits instead
+	parkDeadline  time.Time     // the read deadline the parked wait keeps
+	resume        int           // resumeNone, or how far a resume has come
+	sess          *session      // outlives go-smtp's connections across parks
+	detached      bool          // no go-smtp connection has the session
+	held          []byte        // a command waiting for go-smtp (attach)
+	endOnGreeting bool          // go-smtp's greeting ends the parking registration
+	pollFD        int32         // the socket, while in the parking poller
+	parkTimer     *time.Timer   // the read deadline, while in the poller
 }
 
 type wireMode int
@@ -182,6 +186,9 @@ func (w *wire) readLine() ([]byte, error) {
 		return nil, errParked
 	}
 	w.setReadDeadline()
+	if w.detached && w.srv.parking.current() != parkOpen {
+		return nil, os.ErrDeadlineExceeded // a stop woke it (see parking.stop)
+	}
 	line, err := w.br.ReadSlice('\n')
 	switch {
 	case errors.Is(err, bufio.ErrBufferFull):
