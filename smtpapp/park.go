@@ -297,24 +297,32 @@ func (w *wire) helloReply(verb, name string) string {
 	if verb == "HELO" {
 		return "250 2.0.0 Hello " + name + "\r\n"
 	}
-	gs := w.srv.smtp
-	lines := []string{"Hello " + name, "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING"}
-	if gs.EnableSMTPUTF8 {
-		lines = append(lines, "SMTPUTF8")
-	}
-	lines = append(lines, "SIZE "+strconv.FormatInt(gs.MaxMessageBytes, 10))
-	if gs.MaxRecipients > 0 {
-		lines = append(lines, "LIMITS RCPTMAX="+strconv.Itoa(gs.MaxRecipients))
-	}
-	var b strings.Builder
-	for i, l := range lines {
-		sep := "-"
-		if i == len(lines)-1 {
-			sep = " "
+	return "250-Hello " + name + "\r\n" + w.srv.ehloTail()
+}
+
+// ehloTail is the EHLO reply after its first line, made once.
+func (s *Server) ehloTail() string {
+	s.ehloOnce.Do(func() {
+		gs := s.smtp
+		caps := []string{"PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING"}
+		if gs.EnableSMTPUTF8 {
+			caps = append(caps, "SMTPUTF8")
 		}
-		b.WriteString("250" + sep + l + "\r\n")
-	}
-	return b.String()
+		caps = append(caps, "SIZE "+strconv.FormatInt(gs.MaxMessageBytes, 10))
+		if gs.MaxRecipients > 0 {
+			caps = append(caps, "LIMITS RCPTMAX="+strconv.Itoa(gs.MaxRecipients))
+		}
+		var b strings.Builder
+		for i, c := range caps {
+			sep := "-"
+			if i == len(caps)-1 {
+				sep = " "
+			}
+			b.WriteString("250" + sep + c + "\r\n")
+		}
+		s.ehloReply = b.String()
+	})
+	return s.ehloReply
 }
 
 // attach hands a detached session to a fresh go-smtp connection. The
@@ -369,14 +377,12 @@ func freeLineReader(br *bufio.Reader) {
 	lineReaders.Put(br)
 }
 
-// replayHello is the greeting a resumed session says again to go-smtp.
+// replayHello is the greeting a resumed session says again to go-smtp:
+// HELO even after EHLO, as go-smtp keeps nothing but the name (EHLO's
+// extensions are the wire's to check), and HELO's reply is one line.
 func (w *wire) replayHello() []byte {
-	verb := "EHLO "
-	if w.greeted == greetHELO {
-		verb = "HELO "
-	}
 	w.resume = resumeHelloAck
-	return []byte(verb + w.conn.Helo() + "\r\n")
+	return []byte("HELO " + w.conn.Helo() + "\r\n")
 }
 
 // resumeReply swallows go-smtp's replies while a session resumes; once

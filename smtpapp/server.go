@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -72,6 +73,8 @@ type Server struct {
 	smtp      *smtp.Server
 	listeners []*listener
 	parking   *parking
+	ehloOnce  sync.Once
+	ehloReply string // ehloTail
 	hooks     hooks
 	ceiling   *ceiling
 
@@ -133,10 +136,14 @@ type Limits struct {
 	// on implicit-TLS ports. Default: 10s.
 	TLSHandshakeTimeout caddy.Duration `json:"tls_handshake_timeout,omitempty"`
 	// ParkIdleAfter is how long a plaintext session may sit idle between
-	// transactions before it is parked: it gives back its buffers and
-	// goroutine (about 10 KiB) and resumes, unseen by the client, when
-	// the client speaks again. Read timeouts hold while parked. Default:
-	// 1s; negative turns parking off.
+	// transactions before it is parked: it gives back its goroutine and
+	// buffers (about 10 KiB) and resumes, unseen by the client, when the
+	// client speaks again; read timeouts hold while parked. With parking
+	// on, a plaintext session also starts without go-smtp: the server
+	// greets and answers HELO/EHLO itself until a command needs more.
+	// Default: 100ms (longer than a reply's round trip on a LAN, short
+	// enough that a flood of idle connections never holds much); negative
+	// turns both off.
 	ParkIdleAfter caddy.Duration `json:"park_idle_after,omitempty"`
 }
 
