@@ -17,13 +17,16 @@ import (
 // Parking: a plaintext session that sits idle between transactions gives
 // back what a live go-smtp connection holds (its goroutine and stack, a
 // 4 KiB reader and a 4 KiB writer) and the wire's line buffer. What is
-// left is the socket, the Conn and one small goroutine that waits for the
-// socket to become readable. When the client speaks again, the session
-// resumes on a fresh go-smtp connection, replaying its greeting in
-// silence: to the client nothing happened. This is what lets 10,000 idle
-// connections (a flood of them, or MTAs holding sessions open) cost a
-// fraction of 10,000 live ones, in the spirit of Postfix's postscreen,
-// which holds clients cheaply until they do something.
+// left is the socket, the Conn and an entry in one epoll set (Linux; a
+// small goroutine each elsewhere) that waits for the socket to become
+// readable or its read deadline. When the client speaks again, the wire
+// serves it without go-smtp (serveDetached) until a command needs go-smtp;
+// then the session goes on on a fresh go-smtp connection that hears the
+// greeting replayed in silence (attach): to the client nothing happened.
+// A new plaintext connection starts the same way, detached. This is what
+// lets 10,000 idle connections (a flood of them, or MTAs holding sessions
+// open) cost a fraction of 10,000 live ones, in the spirit of Postfix's
+// postscreen, which holds clients cheaply until they do something.
 //
 // Only plaintext sessions park: TLS keeps state in crypto/tls that the
 // wire cannot see into. A session in a transaction, inside AUTH or with
@@ -78,9 +81,10 @@ func (p *parking) current() parkState {
 	return p.state
 }
 
-// stop wakes every parked connection: to resume (drain) or to close.
-// Draining waits until each has been handed back to go-smtp, so that
-// go-smtp's Shutdown then waits for them like for any other session.
+// stop wakes every parked or detached connection: to resume (drain) or
+// to close. Draining waits (until wait is closed) for each to be handed
+// to go-smtp, so that go-smtp's Shutdown then waits for them like for any
+// other session; closing does not wait.
 func (p *parking) stop(state parkState, wait <-chan struct{}) {
 	p.mu.Lock()
 	p.state = state
@@ -88,6 +92,9 @@ func (p *parking) stop(state parkState, wait <-chan struct{}) {
 		w.wakeParked()
 	}
 	p.mu.Unlock()
+	if wait == nil {
+		return
+	}
 	idle := make(chan struct{})
 	go func() { p.pending.Wait(); close(idle) }()
 	select {
