@@ -3,9 +3,13 @@
 package authtable
 
 import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -47,6 +51,54 @@ type Table struct {
 	hashes   map[string][]byte          // account -> bcrypt hash
 	routes   map[string]string          // address or alias -> account
 	sendAs   map[string]map[string]bool // account -> extra senders
+	verified verifiedCache              // recent good logins, without bcrypt
+}
+
+// verifiedCache remembers, per account, a keyed digest of the last
+// password that passed bcrypt, for verifiedTTL: a mail client that logs
+// in for every message it sends costs one bcrypt check per TTL, not one
+// per connection (Dovecot's auth_cache does the same). Failures are never
+// cached: every wrong password, and every unknown user, costs the full
+// bcrypt work. The digest is an HMAC with a key made per table, so what
+// is kept cannot be checked against guesses by anyone who reads memory
+// without the key; a reload (or a changed accounts file) makes a new
+// table and so forgets everything.
+type verifiedCache struct {
+	mu      sync.Mutex
+	key     [32]byte
+	entries map[string]verifiedEntry
+}
+
+type verifiedEntry struct {
+	mac     [32]byte
+	expires time.Time
+}
+
+const verifiedTTL = 10 * time.Minute
+
+func (c *verifiedCache) digest(account, password string) [32]byte {
+	m := hmac.New(sha256.New, c.key[:])
+	m.Write([]byte(account))
+	m.Write([]byte{0})
+	m.Write([]byte(password))
+	var d [32]byte
+	m.Sum(d[:0])
+	return d
+}
+
+func (c *verifiedCache) check(account, password string) bool {
+	d := c.digest(account, password)
+	c.mu.Lock()
+	e, ok := c.entries[account]
+	c.mu.Unlock()
+	return ok && time.Now().Before(e.expires) && hmac.Equal(e.mac[:], d[:])
+}
+
+func (c *verifiedCache) remember(account, password string) {
+	d := c.digest(account, password)
+	c.mu.Lock()
+	c.entries[account] = verifiedEntry{mac: d, expires: time.Now().Add(verifiedTTL)}
+	c.mu.Unlock()
 }
 
 // dummyHashes make a failed login for an unknown user cost the same bcrypt
@@ -72,6 +124,10 @@ func dummyHash(cost int) []byte {
 // field in errors.
 func New(accounts []Account, field string) (*Table, error) {
 	t := &Table{hashes: map[string][]byte{}, routes: map[string]string{}, sendAs: map[string]map[string]bool{}}
+	t.verified.entries = map[string]verifiedEntry{}
+	if _, err := rand.Read(t.verified.key[:]); err != nil {
+		return nil, err
+	}
 	for i, a := range accounts {
 		addr, err := canonical(a.Address)
 		if err != nil {
@@ -157,9 +213,13 @@ func (t *Table) Authenticate(username, password string) (string, error) {
 		bcrypt.CompareHashAndPassword(t.dummy, []byte(password))
 		return "", smtpapp.ErrAuthFailed
 	}
+	if t.verified.check(account, password) {
+		return account, nil
+	}
 	if bcrypt.CompareHashAndPassword(hash, []byte(password)) != nil {
 		return "", smtpapp.ErrAuthFailed
 	}
+	t.verified.remember(account, password)
 	return account, nil
 }
 

@@ -2,6 +2,7 @@ package authtable
 
 import (
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -24,5 +25,44 @@ func TestUnknownUserCostsTheSame(t *testing.T) {
 	}
 	if acct, err := tab.Authenticate("B@example.test", "b"); err != nil || acct != "b@example.test" {
 		t.Fatalf("b: %q %v", acct, err)
+	}
+}
+
+// TestVerifiedCache: a good login is remembered (no bcrypt next time)
+// for that password only; wrong passwords are never remembered, and an
+// entry past its time is not used.
+func TestVerifiedCache(t *testing.T) {
+	h, _ := bcrypt.GenerateFromPassword([]byte("right"), bcrypt.MinCost)
+	tab, err := New([]Account{{Address: "a@example.test", Password: string(h)}}, "accounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tab.verified.check("a@example.test", "right") {
+		t.Fatal("remembered before any login")
+	}
+	if _, err := tab.Authenticate("a@example.test", "wrong"); err == nil {
+		t.Fatal("wrong password accepted")
+	}
+	if len(tab.verified.entries) != 0 {
+		t.Fatal("a failed login was remembered")
+	}
+	if acct, err := tab.Authenticate("A@example.test", "right"); err != nil || acct != "a@example.test" {
+		t.Fatalf("right password: %q %v", acct, err)
+	}
+	if !tab.verified.check("a@example.test", "right") || tab.verified.check("a@example.test", "wrong") {
+		t.Fatal("the cache must hold the right password and only it")
+	}
+	if _, err := tab.Authenticate("a@example.test", "wrong"); err == nil {
+		t.Fatal("wrong password accepted after a good login")
+	}
+	e := tab.verified.entries["a@example.test"]
+	e.expires = time.Now().Add(-time.Second)
+	tab.verified.entries["a@example.test"] = e
+	if tab.verified.check("a@example.test", "right") {
+		t.Fatal("an expired entry was used")
+	}
+	other, _ := New([]Account{{Address: "a@example.test", Password: string(h)}}, "accounts")
+	if other.verified.digest("a@example.test", "right") == tab.verified.digest("a@example.test", "right") {
+		t.Fatal("two tables share a key")
 	}
 }
