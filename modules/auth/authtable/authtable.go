@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
@@ -52,6 +53,7 @@ type Table struct {
 	routes   map[string]string          // address or alias -> account
 	sendAs   map[string]map[string]bool // account -> extra senders
 	verified verifiedCache              // recent good logins, without bcrypt
+	inflight singleflight.Group         // bcrypt checks under way
 }
 
 // verifiedCache remembers, per account, a keyed digest of the last
@@ -86,16 +88,14 @@ func (c *verifiedCache) digest(account, password string) [32]byte {
 	return d
 }
 
-func (c *verifiedCache) check(account, password string) bool {
-	d := c.digest(account, password)
+func (c *verifiedCache) check(account string, d [32]byte) bool {
 	c.mu.Lock()
 	e, ok := c.entries[account]
 	c.mu.Unlock()
 	return ok && time.Now().Before(e.expires) && hmac.Equal(e.mac[:], d[:])
 }
 
-func (c *verifiedCache) remember(account, password string) {
-	d := c.digest(account, password)
+func (c *verifiedCache) remember(account string, d [32]byte) {
 	c.mu.Lock()
 	c.entries[account] = verifiedEntry{mac: d, expires: time.Now().Add(verifiedTTL)}
 	c.mu.Unlock()
@@ -213,13 +213,22 @@ func (t *Table) Authenticate(username, password string) (string, error) {
 		bcrypt.CompareHashAndPassword(t.dummy, []byte(password))
 		return "", smtpapp.ErrAuthFailed
 	}
-	if t.verified.check(account, password) {
+	d := t.verified.digest(account, password)
+	if t.verified.check(account, d) {
 		return account, nil
 	}
-	if bcrypt.CompareHashAndPassword(hash, []byte(password)) != nil {
+	// The same login arriving on several connections at once (a client
+	// opening them together) is checked once.
+	good, _, _ := t.inflight.Do(account+"\x00"+string(d[:]), func() (any, error) {
+		if bcrypt.CompareHashAndPassword(hash, []byte(password)) != nil {
+			return false, nil
+		}
+		t.verified.remember(account, d)
+		return true, nil
+	})
+	if !good.(bool) {
 		return "", smtpapp.ErrAuthFailed
 	}
-	t.verified.remember(account, password)
 	return account, nil
 }
 

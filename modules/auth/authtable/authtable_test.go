@@ -1,6 +1,8 @@
 package authtable
 
 import (
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -37,7 +39,7 @@ func TestVerifiedCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tab.verified.check("a@example.test", "right") {
+	if tab.verified.check("a@example.test", tab.verified.digest("a@example.test", "right")) {
 		t.Fatal("remembered before any login")
 	}
 	if _, err := tab.Authenticate("a@example.test", "wrong"); err == nil {
@@ -49,7 +51,7 @@ func TestVerifiedCache(t *testing.T) {
 	if acct, err := tab.Authenticate("A@example.test", "right"); err != nil || acct != "a@example.test" {
 		t.Fatalf("right password: %q %v", acct, err)
 	}
-	if !tab.verified.check("a@example.test", "right") || tab.verified.check("a@example.test", "wrong") {
+	if !tab.verified.check("a@example.test", tab.verified.digest("a@example.test", "right")) || tab.verified.check("a@example.test", tab.verified.digest("a@example.test", "wrong")) {
 		t.Fatal("the cache must hold the right password and only it")
 	}
 	if _, err := tab.Authenticate("a@example.test", "wrong"); err == nil {
@@ -58,11 +60,40 @@ func TestVerifiedCache(t *testing.T) {
 	e := tab.verified.entries["a@example.test"]
 	e.expires = time.Now().Add(-time.Second)
 	tab.verified.entries["a@example.test"] = e
-	if tab.verified.check("a@example.test", "right") {
+	if tab.verified.check("a@example.test", tab.verified.digest("a@example.test", "right")) {
 		t.Fatal("an expired entry was used")
 	}
 	other, _ := New([]Account{{Address: "a@example.test", Password: string(h)}}, "accounts")
 	if other.verified.digest("a@example.test", "right") == tab.verified.digest("a@example.test", "right") {
 		t.Fatal("two tables share a key")
+	}
+}
+
+// TestConcurrentLogins: the same login on many connections at once gets
+// the same answer on each (one bcrypt check between them).
+func TestConcurrentLogins(t *testing.T) {
+	h, _ := bcrypt.GenerateFromPassword([]byte("right"), bcrypt.MinCost)
+	tab, err := New([]Account{{Address: "a@example.test", Password: string(h)}}, "accounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, 40)
+	for i := 0; i < 20; i++ {
+		for _, pw := range []string{"right", "wrong"} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := tab.Authenticate("a@example.test", pw)
+				if (err == nil) != (pw == "right") {
+					errs <- pw + ": " + fmt.Sprint(err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
 	}
 }
