@@ -46,6 +46,8 @@ submit_messages=${SUBMIT_MESSAGES:-10000} submit_sessions=${SUBMIT_SESSIONS:-20}
 submit_per_conn=${SUBMIT_PER_CONN:-500}
 timeout=${TIMEOUT:-600}
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 # Ports of this run, not the quick start's: Caddy listens with SO_REUSEPORT,
 # so a second server on 2525 (another benchmark, a dev run) would silently
 # share the port and take some of the connections.
@@ -79,13 +81,7 @@ spread "$work"
 pid= sink_pid= pf_dir=
 stop_ours() {
 	if [ -n "$pid" ]; then
-		kill "$pid" 2>/dev/null || true
-		for _ in $(seq 1 100); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -9 "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
+		stop_pid "$pid"
 		pid=
 	fi
 }

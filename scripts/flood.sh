@@ -31,6 +31,8 @@ all) scenarios="data idle" ;;
 esac
 shift
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 # As many open files as allowed, for this shell, the server and the tool.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -40,13 +42,7 @@ work=$(mktemp -d)
 pid=
 stop_server() {
 	if [ -n "$pid" ]; then
-		kill "$pid" 2>/dev/null || true
-		for _ in $(seq 1 100); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -9 "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
+		stop_pid "$pid"
 		pid=
 	fi
 }
