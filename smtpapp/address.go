@@ -1,6 +1,7 @@
 package smtpapp
 
 import (
+	"net/netip"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -67,26 +68,30 @@ func validDomain(d string) bool {
 	if d == "" || len(d) > 253 {
 		return false
 	}
+	numeric := true // every label all digits: maybe an IPv4 address
 	for rest := d; ; {
 		label, tail, more := strings.Cut(rest, ".")
 		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
 			return false
 		}
-		digits := true
 		for i := 0; i < len(label); i++ {
 			ch := label[i]
 			if !(ch >= 'a' && ch <= 'z' || ch >= '0' && ch <= '9' || ch == '-' || ch == '_') {
 				return false
 			}
-			digits = digits && ch >= '0' && ch <= '9'
+			numeric = numeric && ch >= '0' && ch <= '9'
 		}
 		if !more {
-			// An all-numeric last label: a bare IPv4 address, or a top
-			// level domain that cannot exist (RFC 3696 2).
-			return !digits
+			break
 		}
 		rest = tail
 	}
+	if numeric {
+		if _, err := netip.ParseAddr(d); err == nil {
+			return false // a bare IP is not a domain
+		}
+	}
+	return true
 }
 
 // StripSubaddress removes a "+tag" from the local part.

@@ -111,6 +111,11 @@ type resumeListener struct {
 }
 
 func (l resumeListener) Accept() (net.Conn, error) {
+	select { // closed wins over a waiting session
+	case <-l.p.done:
+		return nil, net.ErrClosed
+	default:
+	}
 	select {
 	case w := <-l.p.resumed:
 		return w, nil
@@ -195,13 +200,17 @@ func (w *wire) park() {
 }
 
 // wakeParked ends a parked wait early (the server is stopping); a
-// detached session that is reading gets its read deadline moved to now.
+// detached session waiting for a command line gets its read deadline
+// moved to now (one in a TLS handshake or skipping a chunk is left to
+// finish: serveDetached sees the stop after it).
 func (w *wire) wakeParked() {
 	if pp := parkPoller(); pp != nil && pp.remove(w) {
 		go w.unpark(nil)
 		return
 	}
-	w.raw.SetReadDeadline(time.Now())
+	if w.waiting.Load() {
+		w.raw.SetReadDeadline(time.Now())
+	}
 }
 
 // unpark ends a parked wait: err is nil when the client spoke (or the
@@ -337,6 +346,10 @@ func (s *Server) ehloTail() string {
 // has been replayed (see resumeReply).
 func (w *wire) attach() {
 	p := w.srv.parking
+	if p.current() == parkClosed {
+		w.closeDetached()
+		return
+	}
 	w.held, w.out = w.out, nil
 	w.resume = resumeGreeting
 	w.detached = false
@@ -401,17 +414,29 @@ func (w *wire) resumeReply(line []byte) {
 	if w.resume == resumeGreeting && w.endOnGreeting {
 		w.endOnGreeting = false
 		w.srv.parking.end(w)
+		if w.srv.parking.current() == parkClosed { // stopped now meanwhile
+			w.resume, w.held = resumeNone, nil
+			w.closing.Store(true)
+			return
+		}
 	}
 	switch {
 	case w.resume == resumeGreeting && w.greeted != 0:
 		w.resume = resumeHello
 		return
 	case w.resume == resumeHelloAck && !(len(line) >= 3 && string(line[:3]) == "250"):
-		// Cannot happen (go-smtp accepted this name before): end the
-		// session rather than run it in a state the client does not know.
+		// Cannot happen (the wire reads the name as go-smtp does): end
+		// the session rather than run it in a state the client does not
+		// know, and say so.
 		w.conn.Logger().Warn("closing: resumed session not greeted", zap.ByteString("reply", line))
-		w.closing.Store(true)
+		w.resume, w.held = resumeNone, nil
+		w.finalReply([]byte(formatReply(replyInternal)), 421, false)
+		return
 	}
 	w.resume = resumeNone
 	w.out, w.held = w.held, nil
 }
+
+// closeResume closes the resume listener, whether or not go-smtp's Serve
+// has taken it yet (go-smtp closes only the listeners it has).
+func (p *parking) closeResume() { resumeListener{p: p}.Close() }

@@ -64,3 +64,16 @@ func FuzzCommandLine(f *testing.F) {
 		isHTTPVerb(verb)
 	})
 }
+
+// TestValidHostnameNumericLabels: all-digit labels are names (DKIM date
+// selectors like 20240101, "mx.1"); only an IP address is refused.
+func TestValidHostnameNumericLabels(t *testing.T) {
+	for s, want := range map[string]bool{
+		"20240101": true, "s1.2024": true, "mx.1": true, "010.1.1.1": true,
+		"192.0.2.1": false, "::1": false, "mail.example.test": true,
+	} {
+		if got := ValidHostname(s); got != want {
+			t.Errorf("ValidHostname(%q) = %v, want %v", s, got, want)
+		}
+	}
+}

@@ -456,6 +456,7 @@ func (s *Server) stop(ctx context.Context, now bool) {
 		s.closeListeners() // Serve may not have taken them yet
 		s.parking.stop(parkClosed, nil)
 		s.smtp.Close()
+		s.parking.closeResume()
 		return
 	}
 	srv := s.smtp
@@ -474,6 +475,7 @@ func (s *Server) stop(ctx context.Context, now bool) {
 			s.logger.Warn("grace period over, closing sessions", zap.Error(err))
 			srv.Close()
 		}
+		s.parking.closeResume()
 	}()
 }
 

@@ -91,6 +91,7 @@ type wire struct {
 	detached      bool          // no go-smtp connection has the session
 	held          []byte        // a command waiting for go-smtp (attach)
 	endOnGreeting bool          // go-smtp's greeting ends the parking registration
+	waiting       atomic.Bool   // detached, waiting for a command line: a stop may wake it
 	pollFD        int32         // the socket, while in the parking poller
 	parkTimer     *time.Timer   // the read deadline, while in the poller
 }
@@ -185,11 +186,14 @@ func (w *wire) readLine() ([]byte, error) {
 	if w.mayPark() && w.idleUntilParked() {
 		return nil, errParked
 	}
-	w.setReadDeadline()
-	if w.detached && w.srv.parking.current() != parkOpen {
-		return nil, os.ErrDeadlineExceeded // a stop woke it (see parking.stop)
+	var line []byte
+	var err error
+	if w.detached {
+		line, err = w.readDetachedLine()
+	} else {
+		w.setReadDeadline()
+		line, err = w.br.ReadSlice('\n')
 	}
-	line, err := w.br.ReadSlice('\n')
 	switch {
 	case errors.Is(err, bufio.ErrBufferFull):
 		return nil, w.refuseAndClose("line_too_long", "line too long", replyLineTooLong)
@@ -199,6 +203,27 @@ func (w *wire) readLine() ([]byte, error) {
 		return nil, w.refuseAndClose("bare_line_end", "bare CR or LF in command stream", replyBareLFCommand)
 	}
 	return line, nil
+}
+
+// readDetachedLine reads a line for a detached session, which a stopping
+// server may wake (parking.stop): the wake ends the wait with a timeout,
+// and a line still incomplete stays buffered, for go-smtp after attach.
+func (w *wire) readDetachedLine() ([]byte, error) {
+	w.waiting.Store(true)
+	defer w.waiting.Store(false)
+	w.setReadDeadline()
+	if w.srv.parking.current() != parkOpen { // the deadline first: see wakeParked
+		return nil, os.ErrDeadlineExceeded
+	}
+	for {
+		n := w.br.Buffered()
+		if b, _ := w.br.Peek(n); n == w.br.Size() || bytes.IndexByte(b, '\n') >= 0 {
+			return w.br.ReadSlice('\n') // a line, or ErrBufferFull
+		}
+		if _, err := w.br.Peek(n + 1); err != nil {
+			return nil, err // nothing consumed
+		}
+	}
 }
 
 // errWireClosed ends go-smtp's loop after the wire has answered and is
@@ -275,7 +300,11 @@ func (w *wire) forward(line []byte, verb string) error {
 // greeting runs the HELO hooks itself: go-smtp would call the backend
 // only for the first greeting, not for the one that must follow STARTTLS.
 func (w *wire) greeting(line []byte, verb, arg string) error {
-	if arg == "" {
+	// The name as go-smtp reads it (parseCmd, parseHelloArgument): the
+	// first word of the argument trimmed of all white space. The wire
+	// answers the greeting itself while detached, and replays the name.
+	name, _, _ := strings.Cut(strings.TrimSpace(arg), " ")
+	if name == "" {
 		return w.refuse("syntax", "greeting without a name", replyGreetSyntax)
 	}
 	if w.greeted != 0 {
@@ -284,7 +313,6 @@ func (w *wire) greeting(line []byte, verb, arg string) error {
 		}
 	}
 	c := w.conn
-	name, _, _ := cutSpace(arg) // go-smtp too takes the first word
 	c.setHelo(name)
 	if err := w.srv.hooks.runHelo(c, name); err != nil {
 		return w.sessionRefused(err)
