@@ -106,11 +106,7 @@ cleanup() {
 	stop_ours
 	stop_postfix
 	stop_sink
-	if [ "${KEEP:-}" = 1 ]; then
-		echo "scratch folder kept: $work" >&2
-	else
-		rm -rf "$work"
-	fi
+	drop_scratch "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -48,11 +48,7 @@ stop_server() {
 }
 cleanup() {
 	stop_server
-	if [ "${KEEP:-}" = 1 ]; then
-		echo "scratch folder kept: $work" >&2
-	else
-		rm -rf "$work"
-	fi
+	drop_scratch "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -11,3 +11,13 @@ stop_pid() {
 	kill -9 "$1" 2>/dev/null || true
 	wait "$1" 2>/dev/null || true
 }
+
+# drop_scratch DIR: removes the scratch folder DIR, or keeps it and says
+# where with KEEP=1.
+drop_scratch() {
+	if [ "${KEEP:-}" = 1 ]; then
+		echo "scratch folder kept: $1" >&2
+	else
+		rm -rf "$1"
+	fi
+}

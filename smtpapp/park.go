@@ -32,6 +32,15 @@ import (
 // wire cannot see into. A session in a transaction, inside AUTH or with
 // unread input never parks.
 
+// poller waits for parked connections: one epoll set on Linux
+// (poller_linux.go), none elsewhere (parkPoller is nil there).
+type poller interface {
+	// add waits for w's socket to become readable, or for deadline.
+	add(w *wire, deadline time.Time) error
+	// remove takes w out; false if it was not in (woken already).
+	remove(w *wire) bool
+}
+
 // parking is a server's set of parked connections.
 type parking struct {
 	mu      sync.Mutex
@@ -144,7 +153,7 @@ const (
 // mayPark: a plaintext session between transactions, nothing pending.
 func (w *wire) mayPark() bool {
 	return w.parkAfter > 0 && !w.tlsOn && w.mode == modeCommand && !w.inMail && !w.bdat &&
-		!w.authReply && w.br.Buffered() == 0 && canWaitReadable(w.raw)
+		!w.authReply && w.br.Buffered() == 0
 }
 
 // idleUntilParked waits up to parkAfter for the client's next bytes. It
@@ -235,15 +244,10 @@ func (w *wire) unpark(err error) {
 	w.serveDetached()
 }
 
-// detachable: a connection that can start without go-smtp (see
-// serveDetached) and park.
-func (w *wire) detachable() bool {
-	return w.parkAfter > 0 && !w.implicitTLS && canWaitReadable(w.raw)
-}
-
-// startDetached greets a new client without go-smtp, if it can.
+// startDetached greets a new client without go-smtp, if it can park
+// (plaintext, parking on: after an implicit-TLS handshake tlsOn is set).
 func (w *wire) startDetached() bool {
-	if !w.detachable() || !w.srv.parking.begin(w) {
+	if w.parkAfter == 0 || w.tlsOn || !w.srv.parking.begin(w) {
 		return false
 	}
 	w.detached = true

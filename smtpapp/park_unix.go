@@ -30,19 +30,22 @@ func waitReadable(c net.Conn, deadline time.Time, stop func() bool) error {
 	if stop() {
 		return nil
 	}
-	var peek [1]byte
 	return rc.Read(func(fd uintptr) bool {
-		for {
-			_, _, err := syscall.Recvfrom(int(fd), peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-			switch err {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false // nothing yet: the poller waits
-			}
-			return true // input, end of stream or an error: the reader sees it
-		}
+		_, err := peek(fd)
+		return err != syscall.EAGAIN // input, its end or an error: the reader sees it
 	})
+}
+
+// peek looks at the socket's next byte without taking it or waiting:
+// n is 1 with input, 0 at its end; EAGAIN when there is nothing yet.
+func peek(fd uintptr) (n int, err error) {
+	var b [1]byte
+	for {
+		n, _, err = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		if err != syscall.EINTR {
+			return n, err
+		}
+	}
 }
 
 // inputPending reports whether c has unread input in the kernel (false at
@@ -58,8 +61,7 @@ func inputPending(c net.Conn) bool {
 	}
 	pending := true
 	rc.Control(func(fd uintptr) {
-		var peek [1]byte
-		n, _, err := syscall.Recvfrom(int(fd), peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		n, err := peek(fd)
 		pending = err == nil && n > 0
 	})
 	return pending

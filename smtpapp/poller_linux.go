@@ -10,14 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// poller waits for parked connections (park.go).
-type poller interface {
-	// add waits for w's socket to become readable, or for deadline.
-	add(w *wire, deadline time.Time) error
-	// remove takes w out; false if it was not in (woken already).
-	remove(w *wire) bool
-}
-
 // epoller is one epoll set for all parked connections of the process, so
 // that a parked connection costs no goroutine: one goroutine waits for
 // all, and a timer per connection keeps its read deadline. Each socket is

@@ -83,7 +83,7 @@ type wire struct {
 	closeOnce sync.Once
 
 	// Parking (park.go).
-	parkAfter     time.Duration // idle time before parking; 0: never
+	parkAfter     time.Duration // idle time before parking; 0: never (or not a socket)
 	parking       atomic.Bool   // go-smtp is letting go: Close waits instead
 	parkDeadline  time.Time     // the read deadline the parked wait keeps
 	resume        int           // resumeNone, or how far a resume has come
@@ -126,7 +126,9 @@ func newWire(srv *Server, raw net.Conn) *wire {
 		implicitTLS: srv.ImplicitTLS,
 		offerTLS:    srv.tlsConfig != nil && !srv.ImplicitTLS && !(srv.TLS != nil && srv.TLS.DisableSTARTTLS),
 		deadline:    time.Now().Add(time.Duration(lim.SessionTimeout)),
-		parkAfter:   max(time.Duration(lim.ParkIdleAfter), 0),
+	}
+	if canWaitReadable(raw) {
+		w.parkAfter = max(time.Duration(lim.ParkIdleAfter), 0)
 	}
 	w.br = newLineReader(raw, lim.MaxLineLength)
 	return w

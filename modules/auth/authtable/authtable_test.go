@@ -69,8 +69,9 @@ func TestVerifiedCache(t *testing.T) {
 	}
 }
 
-// TestConcurrentLogins: the same login on many connections at once gets
-// the same answer on each (one bcrypt check between them).
+// TestConcurrentLogins: the same logins on many connections at once, the
+// right password and a wrong one, each get the right answer (they share
+// bcrypt checks; this checks the answers, not the sharing).
 func TestConcurrentLogins(t *testing.T) {
 	h, _ := bcrypt.GenerateFromPassword([]byte("right"), bcrypt.MinCost)
 	tab, err := New([]Account{{Address: "a@example.test", Password: string(h)}}, "accounts")
