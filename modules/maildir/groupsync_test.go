@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/groupsync/groupsynctest"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -17,27 +18,11 @@ import (
 // new/ that started after its own file was linked there has ended.
 func TestGroupCommitCoversEveryReply(t *testing.T) {
 	m := &Maildir{root: t.TempDir(), hostname: "h", JunkFolder: "Junk", unnamed: true}
-	var mu sync.Mutex
-	seq := 0
-	next := func() int { seq++; return seq }
-	linked := map[string]int{}
-	type span struct{ start, end int }
-	var syncs []span
-	open := map[string]int{}
-	linkHook = func(path string) { mu.Lock(); linked[path] = next(); mu.Unlock() }
-	syncHook = func(dir string, start bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if start {
-			open[dir] = next()
-		} else {
-			syncs = append(syncs, span{open[dir], next()})
-		}
-	}
+	log := groupsynctest.New()
+	linkHook, syncHook = log.Visible, log.Sync
 	t.Cleanup(func() { linkHook, syncHook = nil, nil })
 
 	const n = 64
-	returned := make([]int, n)
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
 		wg.Add(1)
@@ -49,9 +34,7 @@ func TestGroupCommitCoversEveryReply(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			mu.Lock()
-			returned[i] = next()
-			mu.Unlock()
+			log.Returned(fmt.Sprint(i))
 		}()
 	}
 	wg.Wait()
@@ -71,19 +54,10 @@ func TestGroupCommitCoversEveryReply(t *testing.T) {
 		if _, err := fmt.Sscanf(string(body[strings.Index(string(body), "Subject: "):]), "Subject: %d", &i); err != nil {
 			t.Fatalf("%s: %v", path, err)
 		}
-		l, r := linked[path], returned[i]
-		covered := false
-		for _, s := range syncs {
-			if s.start > l && s.end < r {
-				covered = true
-			}
-		}
-		if !covered {
-			t.Fatalf("delivery %d (linked at %d) returned at %d with no folder sync between", i, l, r)
-		}
+		log.Covered(t, path, fmt.Sprint(i))
 	}
-	t.Logf("%d deliveries, %d folder syncs", n, len(syncs))
-	if len(syncs) > n {
-		t.Fatalf("%d syncs for %d deliveries", len(syncs), n)
+	t.Logf("%d deliveries, %d folder syncs", n, log.Syncs())
+	if log.Syncs() > n {
+		t.Fatalf("%d syncs for %d deliveries", log.Syncs(), n)
 	}
 }

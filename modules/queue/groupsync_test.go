@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/groupsync/groupsynctest"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -17,30 +18,17 @@ func TestSpoolGroupCommitCoversEveryEnqueue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	seq := 0
-	next := func() int { seq++; return seq }
-	renamed := map[string]int{}
-	type span struct{ start, end int }
-	var syncs []span
-	open := 0
-	spoolRenameHook = func(path string) { mu.Lock(); renamed[path] = next(); mu.Unlock() }
+	log := groupsynctest.New()
+	spoolRenameHook = log.Visible
 	spoolSyncHook = func(dir string, start bool) {
-		mu.Lock()
-		defer mu.Unlock()
 		if dir != sp.qdir {
 			t.Errorf("sync of %s", dir)
 		}
-		if start {
-			open = next()
-		} else {
-			syncs = append(syncs, span{open, next()})
-		}
+		log.Sync(dir, start)
 	}
 	t.Cleanup(func() { spoolRenameHook, spoolSyncHook = nil, nil })
 
 	const n = 64
-	returned := make([]int, n)
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
@@ -56,9 +44,7 @@ func TestSpoolGroupCommitCoversEveryEnqueue(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			mu.Lock()
-			returned[i] = next()
-			mu.Unlock()
+			log.Returned(fmt.Sprint(i))
 		}()
 	}
 	wg.Wait()
@@ -66,22 +52,10 @@ func TestSpoolGroupCommitCoversEveryEnqueue(t *testing.T) {
 		return
 	}
 	for i := range n {
-		l, r := renamed[sp.path(fmt.Sprintf("M%03d", i))], returned[i]
-		if l == 0 {
-			t.Fatalf("enqueue %d: no rename seen", i)
-		}
-		covered := false
-		for _, s := range syncs {
-			if s.start > l && s.end < r {
-				covered = true
-			}
-		}
-		if !covered {
-			t.Fatalf("enqueue %d (renamed at %d) returned at %d with no sync of queue/ between", i, l, r)
-		}
+		log.Covered(t, sp.path(fmt.Sprintf("M%03d", i)), fmt.Sprint(i))
 	}
-	t.Logf("%d enqueues, %d syncs of queue/", n, len(syncs))
-	if len(syncs) > n {
-		t.Fatalf("%d syncs for %d enqueues", len(syncs), n)
+	t.Logf("%d enqueues, %d syncs of queue/", n, log.Syncs())
+	if log.Syncs() > n {
+		t.Fatalf("%d syncs for %d enqueues", log.Syncs(), n)
 	}
 }

@@ -1,0 +1,69 @@
+// Package groupsynctest checks group commit in tests: it records, on one
+// logical clock, when each file becomes visible (link or rename), when
+// each folder sync starts and ends and when each caller returns, and
+// tells whether a caller's file was covered by a sync in between. It is
+// for tests only.
+package groupsynctest
+
+import (
+	"sync"
+	"testing"
+)
+
+// Log is the record; its methods are safe for concurrent use.
+type Log struct {
+	mu       sync.Mutex
+	clock    int
+	visible  map[string]int
+	open     map[string]int
+	syncs    []span
+	returned map[string]int
+}
+
+type span struct{ start, end int }
+
+// New returns an empty Log.
+func New() *Log {
+	return &Log{visible: map[string]int{}, open: map[string]int{}, returned: map[string]int{}}
+}
+
+func (l *Log) tick() int { l.clock++; return l.clock }
+
+// Visible records that the file at path became visible (the link or
+// rename hook).
+func (l *Log) Visible(path string) { l.mu.Lock(); l.visible[path] = l.tick(); l.mu.Unlock() }
+
+// Sync records the start or the end of a sync of dir (the sync hook).
+func (l *Log) Sync(dir string, start bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if start {
+		l.open[dir] = l.tick()
+	} else {
+		l.syncs = append(l.syncs, span{l.open[dir], l.tick()})
+	}
+}
+
+// Returned records that the caller named key got its answer.
+func (l *Log) Returned(key string) { l.mu.Lock(); l.returned[key] = l.tick(); l.mu.Unlock() }
+
+// Syncs is how many syncs ended.
+func (l *Log) Syncs() int { l.mu.Lock(); defer l.mu.Unlock(); return len(l.syncs) }
+
+// Covered fails t unless a sync that started after the file at path
+// became visible ended before the caller key returned.
+func (l *Log) Covered(t testing.TB, path, key string) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	v, r := l.visible[path], l.returned[key]
+	if v == 0 {
+		t.Fatalf("%s: never became visible", path)
+	}
+	for _, s := range l.syncs {
+		if s.start > v && s.end < r {
+			return
+		}
+	}
+	t.Fatalf("%s (visible at %d, caller %s returned at %d): no sync in between", path, v, key, r)
+}
