@@ -255,6 +255,23 @@ func Maildir(t testing.TB, root, domain, local string) []string {
 	return out
 }
 
+// MaildirTexts returns the messages stored in the given folders (as
+// Maildir takes them, e.g. "alice" and "alice/.Junk"), read whole.
+func MaildirTexts(t testing.TB, root, domain string, folders ...string) []string {
+	t.Helper()
+	var out []string
+	for _, folder := range folders {
+		for _, f := range Maildir(t, root, domain, folder) {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, string(b))
+		}
+	}
+	return out
+}
+
 // WaitFor polls cond every 20ms until it is true or timeout passes.
 func WaitFor(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)

@@ -40,14 +40,7 @@ func start(t *testing.T, handlers ...any) *setup {
 }
 
 func (s *setup) stored(t *testing.T) []string {
-	var out []string
-	for _, folder := range []string{"alice", "alice/.Junk"} {
-		for _, f := range testenv.Maildir(t, s.env.Path("maildir"), "example.test", folder) {
-			b, _ := os.ReadFile(f)
-			out = append(out, string(b))
-		}
-	}
-	return out
+	return testenv.MaildirTexts(t, s.env.Path("maildir"), "example.test", "alice", "alice/.Junk")
 }
 
 const message = "From: Bob <bob@example.test>\r\nTo: alice@example.test\r\nSubject: hello\r\n" +

@@ -173,14 +173,7 @@ func (s *setup) send(t *testing.T, raw string) testenv.Reply {
 
 // stored returns the messages stored for alice (inbox and Junk).
 func (s *setup) stored(t *testing.T) []string {
-	var out []string
-	for _, folder := range []string{"alice", "alice/.Junk"} {
-		for _, f := range testenv.Maildir(t, s.env.Path("maildir"), "example.test", folder) {
-			b, _ := os.ReadFile(f)
-			out = append(out, string(b))
-		}
-	}
-	return out
+	return testenv.MaildirTexts(t, s.env.Path("maildir"), "example.test", "alice", "alice/.Junk")
 }
 
 const gtube = "From: a@example.org\r\nTo: alice@example.test\r\nSubject: test\r\nMessage-ID: <gtube@example.org>\r\n\r\n" +
