@@ -347,6 +347,7 @@ func (c *Conn) finish() {
 			h.Close(c)
 		}
 		c.releaseSlot()
+		c.server.sessions.remove(c)
 		c.server.metrics.connections.WithLabelValues(c.server.name).Dec()
 		c.Logger().Debug("connection closed", zap.Duration("duration", time.Since(c.start)))
 	})

@@ -127,14 +127,17 @@ func TestParkedIdleTimeout(t *testing.T) {
 	waitParked(t, env, 0)
 }
 
-// TestParkedAcrossReload: a reload hands parked sessions back to their
-// config's go-smtp, which lets them finish.
+// TestParkedAcrossReload: a reload leaves parked sessions parked (it
+// does not wake them all into go-smtp); each goes on in its config's
+// go-smtp when its client speaks, and the old config's stop waits for it.
 func TestParkedAcrossReload(t *testing.T) {
 	env, addr := startMX(t, parkFast())
 	c, _ := testenv.Dial(t, addr)
 	c.Expect("EHLO client.example.org", 250)
 	waitParked(t, env, 1)
 	env.Load(env.Config(mxApp(env, addr, parkFast(func(lim map[string]any) { lim["max_recipients"] = 5 })), nil))
+	time.Sleep(300 * time.Millisecond) // the old config's stop runs in the background
+	waitParked(t, env, 1)
 	c.StartMessage("sender@example.org", "alice@example.test")
 	c.Send("Subject: across a reload\r\n\r\nparked\r\n.\r\n")
 	if r := c.Read(); r.Code != 250 {
@@ -143,6 +146,25 @@ func TestParkedAcrossReload(t *testing.T) {
 	if n := len(aliceMail(t, env)); n != 1 {
 		t.Fatalf("want 1 message stored, got %d", n)
 	}
+	c.Expect("QUIT", 221)
+}
+
+// TestParkedClosedAtGraceEnd: a session still parked when the old
+// config's grace period ends is closed, like a live one.
+func TestParkedClosedAtGraceEnd(t *testing.T) {
+	grace := func(app, srv map[string]any) { app["grace_period"] = "1s" }
+	env, addr := startMX(t, parkFast(), grace)
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	waitParked(t, env, 1)
+	env.Load(env.Config(mxApp(env, addr, parkFast(), grace), nil))
+	waitParked(t, env, 0)
+	if !c.Closed() {
+		t.Fatal("parked session open after the grace period")
+	}
+	fresh, _ := testenv.Dial(t, addr) // the new config serves
+	fresh.Expect("EHLO client.example.org", 250)
+	fresh.Expect("QUIT", 221)
 }
 
 // TestDetachedGreetingIsGoSMTPs: until a command needs go-smtp, the wire

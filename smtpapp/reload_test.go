@@ -107,3 +107,39 @@ func TestReloadDuringData(t *testing.T) {
 	n.Expect("MAIL FROM:<sender@example.org>", 250)
 	n.Expect("RCPT TO:<robert@example.test>", 250)
 }
+
+// TestGraceEndEndsSessions: when the old config's grace period runs out,
+// its sessions are ended, live ones too (go-smtp's own Close does nothing
+// once its Shutdown has begun), and a message still arriving is dropped,
+// never stored half.
+func TestGraceEndEndsSessions(t *testing.T) {
+	grace := func(app, srv map[string]any) {
+		app["grace_period"] = "1s"
+		srv["limits"].(map[string]any)["park_idle_after"] = "-1s" // live, not parked
+	}
+	env, addr := startMX(t, grace)
+	idle, _ := testenv.Dial(t, addr)
+	idle.Expect("EHLO client.example.org", 250)
+	idle.Expect("NOOP", 250)
+	sending, _ := testenv.Dial(t, addr)
+	sending.Expect("EHLO client.example.org", 250)
+	sending.StartMessage("sender@example.org", "alice@example.test")
+	sending.Send("Subject: cut at the grace end\r\n\r\nfirst half\r\n")
+	env.Load(env.Config(mxApp(env, addr, grace), nil))
+	if !idle.Closed() {
+		t.Error("idle session open after the grace period")
+	}
+	// The cut message is answered 451 and the session ends with a 421.
+	if r := sending.Read(); r.Code != 451 {
+		t.Errorf("message cut at the grace end: %s", r)
+	}
+	if r := sending.Read(); r.Code != 421 {
+		t.Errorf("session ended at the grace end: %s", r)
+	}
+	if !sending.Closed() {
+		t.Error("sending session open after the grace period")
+	}
+	if n := len(aliceMail(t, env)); n != 0 {
+		t.Fatalf("a message cut at the grace end was stored (%d files)", n)
+	}
+}

@@ -73,6 +73,7 @@ type Server struct {
 	smtp      *smtp.Server
 	listeners []*listener
 	parking   *parking
+	sessions  sessions
 	ehloOnce  sync.Once
 	ehloReply string // ehloTail
 	hooks     hooks
@@ -412,6 +413,7 @@ func (s *Server) newConn(raw net.Conn) *Conn {
 	}
 	c.ctx = context.WithValue(ctx, connCtxKey{}, c)
 	w.conn = c
+	s.sessions.add(c)
 	s.metrics.accepted.WithLabelValues(s.name).Inc()
 	s.metrics.connections.WithLabelValues(s.name).Inc()
 	return c
@@ -469,11 +471,14 @@ func (s *Server) stop(ctx context.Context, now bool) {
 	go func() {
 		ctx, cancel := context.WithTimeout(ctx, grace)
 		defer cancel()
-		// Parked sessions go back to go-smtp first, to finish like the rest.
+		// Parked and detached sessions first: each ends, or reaches go-smtp
+		// when its client needs it (parking.stop); then go-smtp's own.
 		s.parking.stop(parkDraining, ctx.Done())
-		if err := srv.Shutdown(ctx); err != nil && err != smtp.ErrServerClosed {
-			s.logger.Warn("grace period over, closing sessions", zap.Error(err))
-			srv.Close()
+		// At the end of the grace period go-smtp's Close would do nothing
+		// (its Shutdown has begun): the sessions are ended here.
+		if srv.Shutdown(ctx); ctx.Err() != nil {
+			n := s.sessions.endAll()
+			s.logger.Warn("grace period over, ending sessions", zap.Int("sessions", n), zap.Duration("grace_period", grace))
 		}
 		s.parking.closeResume()
 	}()

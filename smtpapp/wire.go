@@ -207,14 +207,14 @@ func (w *wire) readLine() ([]byte, error) {
 	return line, nil
 }
 
-// readDetachedLine reads a line for a detached session, which a stopping
-// server may wake (parking.stop): the wake ends the wait with a timeout,
-// and a line still incomplete stays buffered, for go-smtp after attach.
+// readDetachedLine reads a line for a detached session, which a server
+// stopping now may wake (parking.stop): the wake ends the wait with a
+// timeout, and consumes nothing.
 func (w *wire) readDetachedLine() ([]byte, error) {
 	w.waiting.Store(true)
 	defer w.waiting.Store(false)
 	w.setReadDeadline()
-	if w.srv.parking.current() != parkOpen { // the deadline first: see wakeParked
+	if w.srv.parking.current() == parkClosed { // the deadline first: see wakeParked
 		return nil, os.ErrDeadlineExceeded
 	}
 	for {
