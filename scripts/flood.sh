@@ -15,7 +15,9 @@
 #         sits idle
 #
 # Flags go to smtpflood, e.g. -conns 500 -sources 20 -concurrency 100
-# -timeout 60s -body 102400 -probes 3 -probe-interval 5s -abort-rss 3072
+# -timeout 60s -body 102400 -probes 3 -probe-interval 5s -abort-rss 3072;
+# -ehlo (idle: say EHLO first); -reload localhost:2019 (reload the config
+# once the flood is set up: the peak RSS then includes the reload)
 # (go run ./internal/cmd/smtpflood -h lists them). KEEP=1 keeps the scratch
 # folder (server log, Maildir). Only the server started here is stopped, by
 # its PID.
@@ -25,7 +27,7 @@ case "$scenario" in
 data | idle) scenarios=$scenario ;;
 all) scenarios="data idle" ;;
 *)
-	sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 	;;
 esac

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -59,7 +60,8 @@ type config struct {
 	maxProbe      time.Duration
 	abortRSS      int64
 	rcpt          string
-	ehlo          bool // idle: say EHLO before sitting idle
+	ehlo          bool   // idle: say EHLO before sitting idle
+	reload        string // admin address: reload the server's config once set up
 }
 
 func main() {
@@ -91,6 +93,7 @@ func run() int {
 	flag.Int64Var(&abortRSSMiB, "abort-rss", 3072, "abort the scenario when the server's RSS passes this many MiB")
 	flag.StringVar(&c.rcpt, "rcpt", "alice@example.test", "recipient of the flood and the probes")
 	flag.BoolVar(&c.ehlo, "ehlo", false, "idle: send EHLO, then sit idle (a session, not just a connection)")
+	flag.StringVar(&c.reload, "reload", "", "admin address (localhost:2019): once every connection is set up, reload the server's config\n(GET /config/, POST /load), so the peak RSS and the held count show what a reload under the flood costs")
 	flag.Parse()
 
 	fail := func(format string, args ...any) int {
@@ -366,6 +369,17 @@ func flood(c config) int {
 	case <-holdCtx.Done():
 	}
 
+	if c.reload != "" && holdCtx.Err() == nil {
+		before := st.holding.Load()
+		if err := reloadConfig(c.reload); err != nil {
+			endHold(fmt.Errorf("reload: %v", err))
+		} else {
+			time.Sleep(2 * time.Second) // the old config's stop runs in the background
+			fmt.Printf("%5.1fs reloaded the config: holding %d before, %d two seconds after\n",
+				since(start), before, st.holding.Load())
+		}
+	}
+
 	var probes []probeResult
 	for i := range c.probes {
 		if holdCtx.Err() != nil {
@@ -418,6 +432,37 @@ func flood(c config) int {
 		}
 	}
 	return summary(c, start, st, mem, probes, reason)
+}
+
+// reloadConfig makes the server at admin load its own config again (Cache-Control:
+// must-revalidate: Caddy reloads even an unchanged config).
+func reloadConfig(admin string) error {
+	client := &http.Client{Timeout: 30 * time.Second}
+	resp, err := client.Get("http://" + admin + "/config/")
+	if err != nil {
+		return err
+	}
+	cfg, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET /config/: %s %v", resp.Status, err)
+	}
+	req, err := http.NewRequest(http.MethodPost, "http://"+admin+"/load", bytes.NewReader(cfg))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Cache-Control", "must-revalidate")
+	resp, err = client.Do(req)
+	if err != nil {
+		return err
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("POST /load: %s %s", resp.Status, msg)
+	}
+	return nil
 }
 
 func since(t time.Time) float64 { return time.Since(t).Seconds() }
