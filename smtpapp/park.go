@@ -237,6 +237,7 @@ func (w *wire) unpark(err error) {
 	state := w.srv.parking.current()
 	switch {
 	case state == parkClosed:
+		w.shuttingDown()
 		w.closeDetached()
 		return
 	case errors.Is(err, os.ErrDeadlineExceeded):
@@ -276,6 +277,7 @@ func (w *wire) serveDetached() {
 	p := w.srv.parking
 	for {
 		if p.current() == parkClosed {
+			w.shuttingDown()
 			w.closeDetached()
 			return
 		}
@@ -379,6 +381,13 @@ func (w *wire) idleTimeout() {
 	w.conn.Logger().Debug("closing: idle timeout")
 	w.finalReply([]byte(formatReply(replyIdleTimeout)), 421, false)
 	w.closeDetached()
+}
+
+// shuttingDown tells a client waiting for a command that the server is
+// stopping (RFC 5321 3.8: a 421 before the close).
+func (w *wire) shuttingDown() {
+	w.conn.Logger().Debug("closing: server stopping")
+	w.finalReply([]byte(formatReply(replyShuttingDown)), 421, false)
 }
 
 // closeDetached closes a session that go-smtp does not have.

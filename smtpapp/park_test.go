@@ -150,7 +150,7 @@ func TestParkedAcrossReload(t *testing.T) {
 }
 
 // TestParkedClosedAtGraceEnd: a session still parked when the old
-// config's grace period ends is closed, like a live one.
+// config's grace period ends gets 421 4.3.2 and is closed, like a live one.
 func TestParkedClosedAtGraceEnd(t *testing.T) {
 	grace := func(app, srv map[string]any) { app["grace_period"] = "1s" }
 	env, addr := startMX(t, parkFast(), grace)
@@ -159,6 +159,9 @@ func TestParkedClosedAtGraceEnd(t *testing.T) {
 	waitParked(t, env, 1)
 	env.Load(env.Config(mxApp(env, addr, parkFast(), grace), nil))
 	waitParked(t, env, 0)
+	if r := c.Read(); r.Code != 421 || !strings.HasPrefix(r.Text(), "4.3.2") {
+		t.Fatalf("parked session at the grace end: %s", r)
+	}
 	if !c.Closed() {
 		t.Fatal("parked session open after the grace period")
 	}

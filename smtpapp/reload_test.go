@@ -110,8 +110,8 @@ func TestReloadDuringData(t *testing.T) {
 
 // TestGraceEndEndsSessions: when the old config's grace period runs out,
 // its sessions are ended, live ones too (go-smtp's own Close does nothing
-// once its Shutdown has begun), and a message still arriving is dropped,
-// never stored half.
+// once its Shutdown has begun): an idle one gets 421 4.3.2, and a message
+// still arriving is dropped with a 451, never stored half.
 func TestGraceEndEndsSessions(t *testing.T) {
 	grace := func(app, srv map[string]any) {
 		app["grace_period"] = "1s"
@@ -126,6 +126,9 @@ func TestGraceEndEndsSessions(t *testing.T) {
 	sending.StartMessage("sender@example.org", "alice@example.test")
 	sending.Send("Subject: cut at the grace end\r\n\r\nfirst half\r\n")
 	env.Load(env.Config(mxApp(env, addr, grace), nil))
+	if r := idle.Read(); r.Code != 421 || !strings.HasPrefix(r.Text(), "4.3.2") {
+		t.Errorf("idle session at the grace end: %s", r)
+	}
 	if !idle.Closed() {
 		t.Error("idle session open after the grace period")
 	}

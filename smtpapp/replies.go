@@ -65,6 +65,7 @@ var (
 	replyTooManyJunk    = Errorf(421, [3]int{4, 7, 0}, "Too many commands that move no mail, closing connection")
 	replyHTTP           = Errorf(221, [3]int{2, 7, 0}, "This is an SMTP server, not HTTP; goodbye")
 	replyIdleTimeout    = Errorf(421, [3]int{4, 4, 2}, "Timeout, closing connection")
+	replyShuttingDown   = Errorf(421, [3]int{4, 3, 2}, "Service shutting down, closing connection")
 	replyTooBusy        = Errorf(421, [3]int{4, 7, 0}, "Too many connections, try again later")
 	replyTooManyFromYou = Errorf(421, [3]int{4, 7, 0}, "Too many connections from your network, try again later")
 )

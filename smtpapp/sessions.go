@@ -1,10 +1,6 @@
 package smtpapp
 
-import (
-	"net"
-	"sync"
-	"time"
-)
+import "sync"
 
 // sessions are a server's open connections, so that the end of a stopping
 // config's grace period can end them: go-smtp's Close does nothing once its
@@ -30,26 +26,23 @@ func (s *sessions) remove(c *Conn) {
 }
 
 // endAll ends the input of every session: its next read sees the end of
-// the stream, so whatever holds it (go-smtp, the wire, the parking) closes
-// it as it closes a session whose client left. A message still arriving
-// is dropped unacknowledged; one being stored is stored and answered. The
-// socket itself is closed by its holder, never here, so that no
-// descriptor is reused under a session that still has it. It returns how
-// many sessions there were.
+// the stream, so whatever holds it (go-smtp, the wire) closes it as it
+// closes a session whose client left, with a 421 for one waiting for a
+// command (shuttingDown). A message still arriving is dropped
+// unacknowledged; one being stored is stored and answered. The
+// socket itself is closed by its holder, not here, so that no descriptor
+// is reused under a session that still has it (a parked one in the epoll
+// set, say). It returns how many sessions there were.
 func (s *sessions) endAll() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.m {
-		if cr, ok := c.wire.raw.(interface{ CloseRead() error }); ok {
+		c.wire.ended.Store(true)
+		if cr, ok := c.wire.raw.(interface{ CloseRead() error }); ok { // TCP and Unix sockets
 			cr.CloseRead()
 		} else {
-			c.wire.raw.SetReadDeadline(aLongTimeAgo)
+			c.wire.raw.Close()
 		}
 	}
 	return len(s.m)
 }
-
-// aLongTimeAgo is a read deadline that has passed.
-var aLongTimeAgo = time.Unix(1, 0)
-
-var _ interface{ CloseRead() error } = (*net.TCPConn)(nil)

@@ -78,8 +78,9 @@ type wire struct {
 	sessionReply atomic.Int32 // replyNone, or how the session's reply counts
 
 	closing   atomic.Bool
-	linger    bool // closing after a reply: drain before closing
-	quit      bool // the reply was 221 to QUIT
+	ended     atomic.Bool // the server ended the session's input (sessions.endAll)
+	linger    bool        // closing after a reply: drain before closing
+	quit      bool        // the reply was 221 to QUIT
 	closeOnce sync.Once
 
 	// Parking (park.go).
@@ -199,6 +200,9 @@ func (w *wire) readLine() ([]byte, error) {
 	switch {
 	case errors.Is(err, bufio.ErrBufferFull):
 		return nil, w.refuseAndClose("line_too_long", "line too long", replyLineTooLong)
+	case errors.Is(err, io.EOF) && w.ended.Load():
+		w.shuttingDown()
+		return nil, errWireClosed
 	case err != nil:
 		return nil, err
 	case len(line) < 2 || line[len(line)-2] != '\r' || bytes.IndexByte(line[:len(line)-2], '\r') >= 0:
