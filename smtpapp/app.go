@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -274,7 +275,7 @@ func (a *App) Start() error {
 	started := 0
 	undo := func(err error) error {
 		for _, name := range names[:started] {
-			a.Servers[name].stop(context.Background(), true)
+			a.Servers[name].stop(context.Background(), stopNow)
 		}
 		return err
 	}
@@ -348,12 +349,19 @@ func (a *App) manageCertificates() error {
 }
 
 // Stop stops accepting connections and lets open sessions finish in the
-// background (up to the grace period) on this config.
+// background (up to the grace period) on this config; when the process
+// exits, it ends them and waits for what they are storing (Server.stop).
 func (a *App) Stop() error {
 	clearCurrent(a)
-	for _, srv := range a.Servers {
-		srv.stop(context.Background(), false)
+	mode := stopGraceful
+	if caddy.Exiting() {
+		mode = stopExit
 	}
+	var wg sync.WaitGroup
+	for _, srv := range a.Servers {
+		wg.Go(func() { srv.stop(context.Background(), mode) })
+	}
+	wg.Wait()
 	return nil
 }
 

@@ -448,15 +448,48 @@ func (s *Server) closeListeners() {
 	}
 }
 
-// stop closes the listeners at once and lets sessions finish, in the
-// background, for the app's grace period; then it closes what is left.
-func (s *Server) stop(ctx context.Context, now bool) {
+// How a server stops.
+type stopMode int
+
+const (
+	stopGraceful stopMode = iota // a reload: sessions finish on this config, up to the grace period
+	stopNow                      // a start undone: everything closes at once
+	stopExit                     // the process exits: sessions end now, what is being stored is stored
+)
+
+// exitWait bounds how long an exiting process waits for its sessions to
+// store what they are storing and answer.
+const exitWait = 10 * time.Second
+
+// stop closes the listeners at once. Gracefully (a reload), sessions
+// finish in the background for the app's grace period, then the rest are
+// ended. When the process exits there is no background: every session is
+// ended at once (a 421 to one waiting for a command, a 451 to a message
+// still arriving), one already storing a message finishes and gets its
+// reply, and stop returns when all are gone (at most exitWait), so that
+// no client is cut off without a reply (RFC 5321 3.8).
+func (s *Server) stop(ctx context.Context, mode stopMode) {
 	if s.smtp == nil {
 		return
 	}
-	if now {
+	switch mode {
+	case stopNow:
 		s.closeListeners() // Serve may not have taken them yet
 		s.parking.stop(parkClosed, nil)
+		s.smtp.Close()
+		s.parking.closeResume()
+		return
+	case stopExit:
+		s.closeListeners()
+		s.parking.stop(parkClosed, nil)
+		n := s.sessions.endAll()
+		ctx, cancel := context.WithTimeout(ctx, exitWait)
+		defer cancel()
+		if !s.sessions.waitEmpty(ctx.Done()) {
+			s.logger.Warn("exiting with sessions still open", zap.Int("sessions", s.sessions.count()), zap.Duration("waited", exitWait))
+		} else if n > 0 {
+			s.logger.Info("exiting: sessions ended", zap.Int("sessions", n))
+		}
 		s.smtp.Close()
 		s.parking.closeResume()
 		return
@@ -467,7 +500,6 @@ func (s *Server) stop(ctx context.Context, now bool) {
 	// a full stop, a socket still open with no listener would take (and
 	// drop) connections meant for the next config's new socket.
 	s.closeListeners()
-	// Shutdown then waits for the sessions.
 	go func() {
 		ctx, cancel := context.WithTimeout(ctx, grace)
 		defer cancel()

@@ -6,8 +6,9 @@ import "sync"
 // config's grace period can end them: go-smtp's Close does nothing once its
 // Shutdown has begun.
 type sessions struct {
-	mu sync.Mutex
-	m  map[*Conn]struct{}
+	mu    sync.Mutex
+	m     map[*Conn]struct{}
+	empty chan struct{} // closed when m becomes empty (waitEmpty)
 }
 
 func (s *sessions) add(c *Conn) {
@@ -22,7 +23,38 @@ func (s *sessions) add(c *Conn) {
 func (s *sessions) remove(c *Conn) {
 	s.mu.Lock()
 	delete(s.m, c)
+	if len(s.m) == 0 && s.empty != nil {
+		close(s.empty)
+		s.empty = nil
+	}
 	s.mu.Unlock()
+}
+
+func (s *sessions) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}
+
+// waitEmpty waits until no session is left, or until stop is closed; it
+// reports whether none is left.
+func (s *sessions) waitEmpty(stop <-chan struct{}) bool {
+	s.mu.Lock()
+	if len(s.m) == 0 {
+		s.mu.Unlock()
+		return true
+	}
+	if s.empty == nil {
+		s.empty = make(chan struct{})
+	}
+	empty := s.empty
+	s.mu.Unlock()
+	select {
+	case <-empty:
+		return true
+	case <-stop:
+		return false
+	}
 }
 
 // endAll ends the input of every session: its next read sees the end of

@@ -543,6 +543,9 @@ func (w *wire) goSMTPLine(line []byte) error {
 		if fixed, ok := goSMTPReplies[string(line)]; ok {
 			line = []byte(fixed)
 		}
+		if code == 421 && w.ended.Load() { // its "connection error": the input was ended on purpose
+			line = []byte(formatReply(replyShuttingDown))
+		}
 		if code >= 400 && !w.closing.Load() {
 			w.conn.Logger().Debug("protocol error", zap.ByteString("reply", bytes.TrimRight(line, "\r\n")))
 			w.conn.Emit(Event{Kind: EventProtocolError, Detail: "bad command (" + string(line[:3]) + ")"})
