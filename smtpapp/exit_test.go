@@ -2,10 +2,7 @@ package smtpapp_test
 
 import (
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,15 +20,7 @@ func TestExitEndsSessions(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds a Caddy binary")
 	}
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go command to build the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "caddy")
-	if out, err := exec.Command(gobin, "build", "-o", bin, "github.com/caddy-smtp/caddy-smtp/cmd/caddy").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-
+	bin := testenv.BuildCaddy(t, "github.com/caddy-smtp/caddy-smtp/cmd/caddy")
 	env := testenv.New(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	cfg := env.Path("caddy.json")
@@ -40,35 +29,7 @@ func TestExitEndsSessions(t *testing.T) {
 	}), nil), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logPath := env.Path("caddy.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "run", "--config", cfg)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Env = append(os.Environ(), "HOME="+env.Dir, "XDG_DATA_HOME="+env.Path("xdg"), "XDG_CONFIG_HOME="+env.Path("xdg"))
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logFile.Close()
-	var exitErr error
-	exited := make(chan struct{})
-	go func() { exitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill() // if still running
-		<-exited
-	})
-	if !testenv.WaitFor(20*time.Second, func() bool {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}) {
-		b, _ := os.ReadFile(logPath)
-		t.Fatalf("caddy did not listen on %s:\n%s", addr, b)
-	}
+	p := testenv.RunCaddy(t, bin, cfg, env.Path("caddy.log"), addr)
 
 	parked, _ := testenv.Dial(t, addr)
 	parked.Expect("EHLO client.example.org", 250)
@@ -83,7 +44,7 @@ func TestExitEndsSessions(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // the body is read and waiting
 
 	start := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	expect := func(name string, c *testenv.Client, code int, enhanced string) {
@@ -101,14 +62,11 @@ func TestExitEndsSessions(t *testing.T) {
 			t.Errorf("%s session open after the exit", name)
 		}
 	}
-	select {
-	case <-exited:
-		if exitErr != nil {
-			b, _ := os.ReadFile(logPath)
-			t.Errorf("caddy exited with %v:\n%s", exitErr, b)
-		}
-	case <-time.After(15 * time.Second):
+	switch ok, err := p.Wait(15 * time.Second); {
+	case !ok:
 		t.Fatal("caddy still running 15 s after SIGTERM")
+	case err != nil:
+		t.Errorf("caddy exited with %v:\n%s", err, p.Output())
 	}
 	t.Logf("exited %v after SIGTERM", time.Since(start).Round(time.Millisecond))
 	if n := len(aliceMail(t, env)); n != 0 {

@@ -2,73 +2,20 @@ package queue_test
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
 )
 
-// buildCaddy builds Caddy with the queue into a temporary binary.
-func buildCaddy(t *testing.T) string {
+// startCaddy runs the binary built by TestKill9, its log numbered n.
+func startCaddy(t *testing.T, bin, config, smtpAddr string, n int) *testenv.Caddy {
 	t.Helper()
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go command to build the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "caddy")
-	cmd := exec.Command(gobin, "build", "-o", bin, "github.com/caddy-smtp/caddy-smtp/modules/queue/internal/testcaddy")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-type caddyProc struct {
-	cmd *exec.Cmd
-	log string
-}
-
-func startCaddy(t *testing.T, bin, config, smtpAddr string, n int) *caddyProc {
-	t.Helper()
-	logFile := filepath.Join(filepath.Dir(config), fmt.Sprintf("caddy-%d.log", n))
-	lf, err := os.Create(logFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "run", "--config", config)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.Env = append(os.Environ(), "HOME="+filepath.Dir(config), "XDG_DATA_HOME="+filepath.Join(filepath.Dir(config), "data"))
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lf.Close()
-	p := &caddyProc{cmd: cmd, log: logFile}
-	t.Cleanup(func() { p.kill() })
-	if !testenv.WaitFor(20*time.Second, func() bool {
-		c, err := net.DialTimeout("tcp", smtpAddr, time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}) {
-		p.kill()
-		b, _ := os.ReadFile(logFile)
-		t.Fatalf("caddy did not start listening on %s:\n%s", smtpAddr, b)
-	}
-	return p
-}
-
-func (p *caddyProc) kill() {
-	if p.cmd.ProcessState == nil {
-		p.cmd.Process.Signal(syscall.SIGKILL)
-		p.cmd.Wait()
-	}
+	return testenv.RunCaddy(t, bin, config, filepath.Join(filepath.Dir(config), fmt.Sprintf("caddy-%d.log", n)), smtpAddr)
 }
 
 // The process is killed (SIGKILL) with messages in the queue: after a
@@ -78,7 +25,7 @@ func TestKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds a Caddy binary")
 	}
-	bin := buildCaddy(t)
+	bin := testenv.BuildCaddy(t, "github.com/caddy-smtp/caddy-smtp/modules/queue/internal/testcaddy")
 	h := newHarness(t, "127.0.0.2")
 	mxAddr := fmt.Sprintf("127.0.0.2:%d", h.port)
 	h.mx["127.0.0.2"].Close()
@@ -112,11 +59,11 @@ func TestKill9(t *testing.T) {
 		t.Errorf("caddy validate next to the running server: %v\n%s", err, out)
 	}
 
-	p.kill()
+	p.Kill()
 	mx := testenv.StartMX(t, mxAddr, testenv.MXOptions{})
 	p = startCaddy(t, bin, config, h.smtpAddr, 2)
 	if !mx.WaitMessages(n1, 20*time.Second) {
-		b, _ := os.ReadFile(p.log)
+		b := p.Output()
 		t.Fatalf("after the restart only %d of %d messages arrived\n%s", len(mx.Messages()), n1, b)
 	}
 	time.Sleep(700 * time.Millisecond) // time for a duplicate to show up
@@ -134,7 +81,7 @@ func TestKill9(t *testing.T) {
 		send(t, h.smtpAddr, "alice@example.test", []string{fmt.Sprintf("b%d@example.org", i)}, message(fmt.Sprintf("kill b%d", i), "b@example.org"))
 	}
 	testenv.WaitFor(10*time.Second, func() bool { return len(mx.Messages()) >= n1+10 })
-	p.kill()
+	p.Kill()
 	before := len(mx.Messages()) - n1
 	p = startCaddy(t, bin, config, h.smtpAddr, 3)
 	if !testenv.WaitFor(20*time.Second, func() bool {
