@@ -350,15 +350,19 @@ func (a *App) manageCertificates() error {
 
 // Stop stops accepting connections and lets open sessions finish in the
 // background (up to the grace period) on this config; when the process
-// exits, it ends them and waits for what they are storing (Server.stop).
+// exits, it ends them, and those of older configs still finishing, and
+// waits for what they are storing (Server.stop).
 func (a *App) Stop() error {
 	clearCurrent(a)
 	mode := stopGraceful
+	servers := slices.Collect(maps.Values(a.Servers))
 	if caddy.Exiting() {
 		mode = stopExit
+		// Older configs still finishing their sessions end them now too.
+		servers = append(servers, draining.list()...)
 	}
 	var wg sync.WaitGroup
-	for _, srv := range a.Servers {
+	for _, srv := range servers {
 		wg.Go(func() { srv.stop(context.Background(), mode) })
 	}
 	wg.Wait()

@@ -1,7 +1,10 @@
 package smtpapp_test
 
 import (
+	"bytes"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strings"
 	"syscall"
@@ -13,9 +16,11 @@ import (
 
 // TestExitEndsSessions: when the process exits (SIGTERM), no client is
 // cut off without a word (RFC 5321 3.8): a session waiting for a command,
-// parked or live, gets 421 4.3.2, a message still arriving gets 451 and is
-// not stored, then 421; and the process exits at once, not after the
-// grace period. It runs the real binary, as the signal ends the process.
+// parked or live, on the current config or on an older one still
+// finishing after a reload, gets 421 4.3.2; a message still arriving gets
+// 451 and is not stored, then 421; and the process exits at once, not
+// after the grace period. It runs the real binary, as the signal ends the
+// process.
 func TestExitEndsSessions(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds a Caddy binary")
@@ -30,6 +35,13 @@ func TestExitEndsSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := testenv.RunCaddy(t, bin, cfg, env.Path("caddy.log"), addr)
+
+	// A session of an older config, still finishing after a reload.
+	old, _ := testenv.Dial(t, addr)
+	old.Expect("EHLO client.example.org", 250)
+	old.Expect("MAIL FROM:<sender@example.org>", 250)
+	reload(t, env, cfg)
+	old.Expect("RCPT TO:<alice@example.test>", 250) // on its old config still
 
 	parked, _ := testenv.Dial(t, addr)
 	parked.Expect("EHLO client.example.org", 250)
@@ -53,11 +65,12 @@ func TestExitEndsSessions(t *testing.T) {
 			t.Errorf("%s session at the exit: got %s, want %d %s", name, r, code, enhanced)
 		}
 	}
+	expect("old-config", old, 421, "4.3.2")
 	expect("parked", parked, 421, "4.3.2")
 	expect("in-transaction", inMail, 421, "4.3.2")
 	expect("sending", sending, 451, "4.3.0")
 	expect("sending", sending, 421, "4.3.2")
-	for name, c := range map[string]*testenv.Client{"parked": parked, "in-transaction": inMail, "sending": sending} {
+	for name, c := range map[string]*testenv.Client{"old-config": old, "parked": parked, "in-transaction": inMail, "sending": sending} {
 		if !c.Closed() {
 			t.Errorf("%s session open after the exit", name)
 		}
@@ -68,8 +81,35 @@ func TestExitEndsSessions(t *testing.T) {
 	case err != nil:
 		t.Errorf("caddy exited with %v:\n%s", err, p.Output())
 	}
-	t.Logf("exited %v after SIGTERM", time.Since(start).Round(time.Millisecond))
+	// Nothing was being stored: no wait for it (exitWait is 10 s).
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("exited %v after SIGTERM, want at once", d)
+	} else {
+		t.Logf("exited %v after SIGTERM", d.Round(time.Millisecond))
+	}
 	if n := len(aliceMail(t, env)); n != 0 {
 		t.Fatalf("a message cut by the exit was stored (%d files)", n)
+	}
+}
+
+// reload makes the running process load cfg again (Cache-Control:
+// must-revalidate: even an unchanged config is reloaded).
+func reload(t *testing.T, env *testenv.Env, cfg string) {
+	t.Helper()
+	body, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+env.Admin+"/load", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Cache-Control", "must-revalidate")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("reload: %s %s", resp.Status, msg)
 	}
 }

@@ -101,6 +101,9 @@ func (p *parking) current() parkState {
 // closed.
 func (p *parking) stop(state parkState, wait <-chan struct{}) {
 	p.mu.Lock()
+	if state < p.state { // an exit closed it already; never back to draining
+		state = p.state
+	}
 	p.state = state
 	if state == parkClosed {
 		for w := range p.wires {
@@ -200,7 +203,10 @@ func (w *wire) park() {
 	pp := parkPoller()
 	if pp == nil {
 		go func() {
-			w.unpark(waitReadable(w.raw, w.parkDeadline, func() bool { return w.srv.parking.current() == parkClosed }))
+			w.waiting.Store(true) // a stop-now wakes it like a detached read (wakeParked)
+			err := waitReadable(w.raw, w.parkDeadline, func() bool { return w.srv.parking.current() == parkClosed })
+			w.waiting.Store(false)
+			w.unpark(err)
 		}()
 		return
 	}
@@ -357,6 +363,8 @@ func (s *Server) ehloTail() string {
 func (w *wire) attach() {
 	p := w.srv.parking
 	if p.current() == parkClosed {
+		w.out = nil
+		w.shuttingDown()
 		w.closeDetached()
 		return
 	}
@@ -372,6 +380,8 @@ func (w *wire) attach() {
 	case <-p.done:
 		w.endOnGreeting = false
 		w.detached = true
+		w.resume, w.held = resumeNone, nil
+		w.shuttingDown()
 		w.closeDetached()
 	}
 }
@@ -433,7 +443,7 @@ func (w *wire) resumeReply(line []byte) {
 		w.srv.parking.end(w)
 		if w.srv.parking.current() == parkClosed { // stopped now meanwhile
 			w.resume, w.held = resumeNone, nil
-			w.closing.Store(true)
+			w.shuttingDown()
 			return
 		}
 	}

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -500,7 +502,9 @@ func (s *Server) stop(ctx context.Context, mode stopMode) {
 	// a full stop, a socket still open with no listener would take (and
 	// drop) connections meant for the next config's new socket.
 	s.closeListeners()
+	draining.add(s)
 	go func() {
+		defer draining.remove(s)
 		ctx, cancel := context.WithTimeout(ctx, grace)
 		defer cancel()
 		// Parked and detached sessions first: each ends, or reaches go-smtp
@@ -514,6 +518,36 @@ func (s *Server) stop(ctx context.Context, mode stopMode) {
 		}
 		s.parking.closeResume()
 	}()
+}
+
+// draining are the servers of older configs whose sessions are still
+// finishing (a graceful stop), so that an exit ends theirs too.
+var draining serverSet
+
+type serverSet struct {
+	mu sync.Mutex
+	m  map[*Server]struct{}
+}
+
+func (d *serverSet) add(s *Server) {
+	d.mu.Lock()
+	if d.m == nil {
+		d.m = map[*Server]struct{}{}
+	}
+	d.m[s] = struct{}{}
+	d.mu.Unlock()
+}
+
+func (d *serverSet) remove(s *Server) {
+	d.mu.Lock()
+	delete(d.m, s)
+	d.mu.Unlock()
+}
+
+func (d *serverSet) list() []*Server {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Collect(maps.Keys(d.m))
 }
 
 // trustedIP reports whether ip is in a trusted network.

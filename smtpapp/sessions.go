@@ -1,6 +1,9 @@
 package smtpapp
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 // sessions are a server's open connections, so that the end of a stopping
 // config's grace period can end them: go-smtp's Close does nothing once its
@@ -9,6 +12,7 @@ type sessions struct {
 	mu    sync.Mutex
 	m     map[*Conn]struct{}
 	empty chan struct{} // closed when m becomes empty (waitEmpty)
+	ended bool          // endAll ran: a session added later is ended at once
 }
 
 func (s *sessions) add(c *Conn) {
@@ -17,6 +21,9 @@ func (s *sessions) add(c *Conn) {
 		s.m = map[*Conn]struct{}{}
 	}
 	s.m[c] = struct{}{}
+	if s.ended { // admitted by a listener an instant before it closed
+		end(c)
+	}
 	s.mu.Unlock()
 }
 
@@ -68,13 +75,18 @@ func (s *sessions) waitEmpty(stop <-chan struct{}) bool {
 func (s *sessions) endAll() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.ended = true
 	for c := range s.m {
-		c.wire.ended.Store(true)
-		if cr, ok := c.wire.raw.(interface{ CloseRead() error }); ok { // TCP and Unix sockets
-			cr.CloseRead()
-		} else {
-			c.wire.raw.Close()
-		}
+		end(c)
 	}
 	return len(s.m)
+}
+
+func end(c *Conn) {
+	c.wire.ended.Store(true)
+	if cr, ok := c.wire.raw.(interface{ CloseRead() error }); ok { // TCP and Unix sockets
+		cr.CloseRead()
+	} else {
+		c.wire.raw.SetReadDeadline(time.Now()) // never a close: see endAll
+	}
 }
