@@ -513,8 +513,9 @@ func (s *Server) stop(ctx context.Context, mode stopMode) {
 		// At the end of the grace period go-smtp's Close would do nothing
 		// (its Shutdown has begun): the sessions are ended here.
 		if srv.Shutdown(ctx); ctx.Err() != nil {
-			n := s.sessions.endAll()
-			s.logger.Warn("grace period over, ending sessions", zap.Int("sessions", n), zap.Duration("grace_period", grace))
+			if n := s.sessions.endAll(); n > 0 {
+				s.logger.Warn("grace period over, ending sessions", zap.Int("sessions", n), zap.Duration("grace_period", grace))
+			}
 		}
 		s.parking.closeResume()
 	}()
