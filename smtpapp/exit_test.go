@@ -2,16 +2,20 @@ package smtpapp_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/caddy-smtp/caddy-smtp/internal/testenv"
+	"github.com/emersion/go-smtp"
 )
 
 // TestExitEndsSessions: when the process exits (SIGTERM), no client is
@@ -111,5 +115,100 @@ func reload(t *testing.T, env *testenv.Env, cfg string) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("reload: %s %s", resp.Status, msg)
+	}
+}
+
+// slowLMTP is an LMTP server (go-smtp in LMTP mode) that takes its time
+// over each message: a store still running when the process exits.
+type slowLMTP struct {
+	delay   time.Duration
+	started chan struct{} // a message's data has arrived
+	mu      sync.Mutex
+	stored  int
+}
+
+func (s *slowLMTP) NewSession(*smtp.Conn) (smtp.Session, error) { return slowLMTPSession{s}, nil }
+
+type slowLMTPSession struct{ s *slowLMTP }
+
+func (slowLMTPSession) Reset()                               {}
+func (slowLMTPSession) Logout() error                        { return nil }
+func (slowLMTPSession) Mail(string, *smtp.MailOptions) error { return nil }
+func (slowLMTPSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
+func (slowLMTPSession) Data(io.Reader) error                 { return errors.New("not LMTP") }
+func (ss slowLMTPSession) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	io.Copy(io.Discard, r)
+	ss.s.started <- struct{}{}
+	time.Sleep(ss.s.delay)
+	ss.s.mu.Lock()
+	ss.s.stored++
+	ss.s.mu.Unlock()
+	status.SetStatus("alice@example.test", nil)
+	return nil
+}
+
+// TestExitWaitsForStoring: a message whose store is still running when
+// the process exits is stored and gets its 250 before the 421 and the
+// exit: nothing the client sent in full is lost or left unanswered.
+func TestExitWaitsForStoring(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a Caddy binary")
+	}
+	bin := testenv.BuildCaddy(t, "github.com/caddy-smtp/caddy-smtp/cmd/caddy")
+	env := testenv.New(t)
+	sock := env.Path("lmtp.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend := &slowLMTP{delay: 1500 * time.Millisecond, started: make(chan struct{}, 1)}
+	lmtp := smtp.NewServer(backend)
+	lmtp.LMTP = true
+	lmtp.Domain = "dovecot.example.test"
+	go lmtp.Serve(ln)
+	t.Cleanup(func() { lmtp.Close() })
+
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	cfg := env.Path("caddy.json")
+	if err := os.WriteFile(cfg, env.Config(mxApp(env, addr, func(app, _ map[string]any) {
+		app["local_delivery"] = map[string]any{"target": "lmtp", "address": "unix/" + sock}
+	}), nil), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := testenv.RunCaddy(t, bin, cfg, env.Path("caddy.log"), addr)
+
+	c, _ := testenv.Dial(t, addr)
+	c.Expect("EHLO client.example.org", 250)
+	c.StartMessage("sender@example.org", "alice@example.test")
+	c.Send("Subject: stored across the exit\r\n\r\nbody\r\n.\r\n")
+	select {
+	case <-backend.started:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the message never reached the LMTP server:\n%s", p.Output())
+	}
+	start := time.Now()
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("message being stored at the exit: %s", r)
+	}
+	if r := c.Read(); r.Code != 421 || !strings.HasPrefix(r.Text(), "4.3.2") {
+		t.Errorf("after the 250: %s", r)
+	}
+	switch ok, err := p.Wait(15 * time.Second); {
+	case !ok:
+		t.Fatal("caddy still running 15 s after SIGTERM")
+	case err != nil:
+		t.Errorf("caddy exited with %v:\n%s", err, p.Output())
+	}
+	d := time.Since(start)
+	if d < backend.delay/2 || d > backend.delay+3*time.Second {
+		t.Errorf("exited %v after SIGTERM; the store took %v", d, backend.delay)
+	}
+	backend.mu.Lock()
+	defer backend.mu.Unlock()
+	if backend.stored != 1 {
+		t.Fatalf("stored %d messages, want 1", backend.stored)
 	}
 }
