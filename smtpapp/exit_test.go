@@ -29,16 +29,10 @@ func TestExitEndsSessions(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds a Caddy binary")
 	}
-	bin := testenv.BuildCaddy(t, "github.com/caddy-smtp/caddy-smtp/cmd/caddy")
 	env := testenv.New(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	cfg := env.Path("caddy.json")
-	if err := os.WriteFile(cfg, env.Config(mxApp(env, addr, parkFast(), func(app, _ map[string]any) {
+	addr, p, cfg := runBinaryMX(t, env, parkFast(), func(app, _ map[string]any) {
 		app["grace_period"] = "5m" // exiting must not wait for it
-	}), nil), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := testenv.RunCaddy(t, bin, cfg, env.Path("caddy.log"), addr)
+	})
 
 	// A session of an older config, still finishing after a reload.
 	old, _ := testenv.Dial(t, addr)
@@ -59,10 +53,7 @@ func TestExitEndsSessions(t *testing.T) {
 	sending.Send("Subject: cut by the exit\r\n\r\nfirst half\r\n")
 	time.Sleep(100 * time.Millisecond) // the body is read and waiting
 
-	start := time.Now()
-	if err := p.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
+	start := terminate(t, p)
 	expect := func(name string, c *testenv.Client, code int, enhanced string) {
 		t.Helper()
 		if r := c.Read(); r.Code != code || !strings.HasPrefix(r.Text(), enhanced) {
@@ -79,14 +70,8 @@ func TestExitEndsSessions(t *testing.T) {
 			t.Errorf("%s session open after the exit", name)
 		}
 	}
-	switch ok, err := p.Wait(15 * time.Second); {
-	case !ok:
-		t.Fatal("caddy still running 15 s after SIGTERM")
-	case err != nil:
-		t.Errorf("caddy exited with %v:\n%s", err, p.Output())
-	}
 	// Nothing was being stored: no wait for it (exitWait is 10 s).
-	if d := time.Since(start); d > 3*time.Second {
+	if d := waitExited(t, p, start); d > 3*time.Second {
 		t.Errorf("exited %v after SIGTERM, want at once", d)
 	} else {
 		t.Logf("exited %v after SIGTERM", d.Round(time.Millisecond))
@@ -94,6 +79,43 @@ func TestExitEndsSessions(t *testing.T) {
 	if n := len(aliceMail(t, env)); n != 0 {
 		t.Fatalf("a message cut by the exit was stored (%d files)", n)
 	}
+}
+
+// runBinaryMX runs the real binary (cmd/caddy) on an MX config (mxApp
+// with mods) written to a file: the signal tests need a process of their
+// own. It returns the MX address, the process and the config file.
+func runBinaryMX(t *testing.T, env *testenv.Env, mods ...func(app, srv map[string]any)) (string, *testenv.Caddy, string) {
+	t.Helper()
+	bin := testenv.BuildCaddy(t, "github.com/caddy-smtp/caddy-smtp/cmd/caddy")
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	cfg := env.Path("caddy.json")
+	if err := os.WriteFile(cfg, env.Config(mxApp(env, addr, mods...), nil), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return addr, testenv.RunCaddy(t, bin, cfg, env.Path("caddy.log"), addr), cfg
+}
+
+// terminate sends SIGTERM and returns when it did.
+func terminate(t *testing.T, p *testenv.Caddy) time.Time {
+	t.Helper()
+	start := time.Now()
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	return start
+}
+
+// waitExited waits for the process to exit cleanly after terminate and
+// returns how long after the signal.
+func waitExited(t *testing.T, p *testenv.Caddy, start time.Time) time.Duration {
+	t.Helper()
+	switch ok, err := p.Wait(15 * time.Second); {
+	case !ok:
+		t.Fatal("caddy still running 15 s after SIGTERM")
+	case err != nil:
+		t.Errorf("caddy exited with %v:\n%s", err, p.Output())
+	}
+	return time.Since(start)
 }
 
 // reload makes the running process load cfg again (Cache-Control:
@@ -154,7 +176,6 @@ func TestExitWaitsForStoring(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds a Caddy binary")
 	}
-	bin := testenv.BuildCaddy(t, "github.com/caddy-smtp/caddy-smtp/cmd/caddy")
 	env := testenv.New(t)
 	sock := env.Path("lmtp.sock")
 	ln, err := net.Listen("unix", sock)
@@ -168,14 +189,9 @@ func TestExitWaitsForStoring(t *testing.T) {
 	go lmtp.Serve(ln)
 	t.Cleanup(func() { lmtp.Close() })
 
-	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	cfg := env.Path("caddy.json")
-	if err := os.WriteFile(cfg, env.Config(mxApp(env, addr, func(app, _ map[string]any) {
+	addr, p, _ := runBinaryMX(t, env, func(app, _ map[string]any) {
 		app["local_delivery"] = map[string]any{"target": "lmtp", "address": "unix/" + sock}
-	}), nil), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := testenv.RunCaddy(t, bin, cfg, env.Path("caddy.log"), addr)
+	})
 
 	c, _ := testenv.Dial(t, addr)
 	c.Expect("EHLO client.example.org", 250)
@@ -186,24 +202,14 @@ func TestExitWaitsForStoring(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("the message never reached the LMTP server:\n%s", p.Output())
 	}
-	start := time.Now()
-	if err := p.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
+	start := terminate(t, p)
 	if r := c.Read(); r.Code != 250 {
 		t.Fatalf("message being stored at the exit: %s", r)
 	}
 	if r := c.Read(); r.Code != 421 || !strings.HasPrefix(r.Text(), "4.3.2") {
 		t.Errorf("after the 250: %s", r)
 	}
-	switch ok, err := p.Wait(15 * time.Second); {
-	case !ok:
-		t.Fatal("caddy still running 15 s after SIGTERM")
-	case err != nil:
-		t.Errorf("caddy exited with %v:\n%s", err, p.Output())
-	}
-	d := time.Since(start)
-	if d < backend.delay/2 || d > backend.delay+3*time.Second {
+	if d := waitExited(t, p, start); d < backend.delay/2 || d > backend.delay+3*time.Second {
 		t.Errorf("exited %v after SIGTERM; the store took %v", d, backend.delay)
 	}
 	backend.mu.Lock()
