@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/groupsync"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/groupsync/groupsynctest"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
@@ -18,11 +20,101 @@ import (
 // new/ that started after its own file was linked there has ended.
 func TestGroupCommitCoversEveryReply(t *testing.T) {
 	m := &Maildir{root: t.TempDir(), hostname: "h", JunkFolder: "Junk", unnamed: true}
-	log := groupsynctest.New()
-	linkHook, syncHook = log.Visible, log.Sync
-	t.Cleanup(func() { linkHook, syncHook = nil, nil })
-
+	log := hookLog(t)
 	const n = 64
+	files := deliverAtOnce(t, m, n, log)
+	for path, key := range files {
+		log.Covered(t, path, key)
+	}
+	t.Logf("%d deliveries, %d folder syncs", n, log.Syncs())
+	if log.Syncs() > n {
+		t.Fatalf("%d syncs for %d deliveries", log.Syncs(), n)
+	}
+	if log.FileSystemSyncs() != 0 {
+		t.Fatalf("sync files made %d file system syncs", log.FileSystemSyncs())
+	}
+}
+
+// TestFileSystemSyncCoversEveryCopy (sync file_system): concurrent
+// deliveries share syncs of the whole file system instead of one fsync
+// per copy, and still every copy is covered by a file system sync that
+// started after it was written and ended before it became visible in new/,
+// and every reply by a sync of new/ after that.
+func TestFileSystemSyncCoversEveryCopy(t *testing.T) {
+	if !groupsync.FileSystemSupported() {
+		t.Skip("no syncfs here")
+	}
+	m := &Maildir{root: t.TempDir(), hostname: "h", JunkFolder: "Junk", unnamed: true, syncFS: true}
+	log := hookLog(t)
+	const n = 64
+	files := deliverAtOnce(t, m, n, log)
+	for path, key := range files {
+		log.SyncedBeforeVisible(t, path)
+		log.Covered(t, path, key)
+	}
+	t.Logf("%d deliveries, %d file system syncs, %d folder syncs", n, log.FileSystemSyncs(), log.Syncs())
+	if log.FileSystemSyncs() == 0 || log.FileSystemSyncs() >= n {
+		t.Fatalf("%d file system syncs for %d deliveries: want shared ones", log.FileSystemSyncs(), n)
+	}
+	if fileSyncs.Load() != 0 {
+		t.Fatalf("%d copies synced one by one", fileSyncs.Load())
+	}
+}
+
+// TestAutoSyncsEachCopyWhenBusy (sync auto): when the system has more
+// unwritten data than allowed, no file system sync runs (it would wait for
+// a neighbour's data) and each copy is synced on its own before it
+// becomes visible; when it has little, the shared sync runs.
+func TestAutoSyncsEachCopyWhenBusy(t *testing.T) {
+	if !groupsync.FileSystemSupported() {
+		t.Skip("no syncfs here")
+	}
+	defer func(v int64) { maxUnwritten = v }(maxUnwritten)
+	maxUnwritten = -1 // always busy
+	m := &Maildir{root: t.TempDir(), hostname: "h", JunkFolder: "Junk", unnamed: true, syncFS: true, syncAuto: true}
+	log := hookLog(t)
+	const n = 16
+	files := deliverAtOnce(t, m, n, log)
+	for path, key := range files {
+		log.Covered(t, path, key)
+	}
+	if log.FileSystemSyncs() != 0 || fileSyncs.Load() != n {
+		t.Fatalf("busy: %d file system syncs, %d copies synced on their own; want 0 and %d", log.FileSystemSyncs(), fileSyncs.Load(), n)
+	}
+
+	maxUnwritten = 1 << 62 // never busy
+	fileSyncs.Store(0)
+	m.root = t.TempDir()
+	log = hookLog(t)
+	files = deliverAtOnce(t, m, n, log)
+	for path, key := range files {
+		log.SyncedBeforeVisible(t, path)
+		log.Covered(t, path, key)
+	}
+	if log.FileSystemSyncs() == 0 || fileSyncs.Load() != 0 {
+		t.Fatalf("calm: %d file system syncs, %d copies synced on their own", log.FileSystemSyncs(), fileSyncs.Load())
+	}
+}
+
+var fileSyncs atomic.Int64
+
+// hookLog points the package's test hooks at a new log.
+func hookLog(t *testing.T) *groupsynctest.Log {
+	log := groupsynctest.New()
+	linkHook, syncHook, writeHook, fileSystemSyncHook = log.Visible, log.Sync, log.Written, log.FileSystemSync
+	fileSyncHook = func(string) { fileSyncs.Add(1) }
+	t.Cleanup(func() {
+		linkHook, syncHook, writeHook, fileSystemSyncHook, fileSyncHook = nil, nil, nil, nil, nil
+		fileSyncs.Store(0)
+	})
+	return log
+}
+
+// deliverAtOnce delivers n messages to alice at once, each returning into
+// log, and returns the stored files with the key (the Subject) of the
+// delivery that stored each.
+func deliverAtOnce(t *testing.T, m *Maildir, n int, log *groupsynctest.Log) map[string]string {
+	t.Helper()
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
 		wg.Add(1)
@@ -38,14 +130,12 @@ func TestGroupCommitCoversEveryReply(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	files, _ := filepath.Glob(filepath.Join(m.root, "example.test", "alice", "new", "*"))
-	if len(files) != n {
-		t.Fatalf("stored %d of %d", len(files), n)
+	paths, _ := filepath.Glob(filepath.Join(m.root, "example.test", "alice", "new", "*"))
+	if len(paths) != n {
+		t.Fatalf("stored %d of %d", len(paths), n)
 	}
-	// Each delivery's own file (found by its Subject) must have been
-	// covered by a sync that started after the file was linked and ended
-	// before the delivery returned.
-	for _, path := range files {
+	files := map[string]string{}
+	for _, path := range paths {
 		body, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
@@ -54,10 +144,7 @@ func TestGroupCommitCoversEveryReply(t *testing.T) {
 		if _, err := fmt.Sscanf(string(body[strings.Index(string(body), "Subject: "):]), "Subject: %d", &i); err != nil {
 			t.Fatalf("%s: %v", path, err)
 		}
-		log.Covered(t, path, fmt.Sprint(i))
+		files[path] = fmt.Sprint(i)
 	}
-	t.Logf("%d deliveries, %d folder syncs", n, log.Syncs())
-	if log.Syncs() > n {
-		t.Fatalf("%d syncs for %d deliveries", log.Syncs(), n)
-	}
+	return files
 }

@@ -2,8 +2,12 @@ package maildir
 
 import (
 	"context"
+	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/groupsync"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -16,5 +20,27 @@ func TestNoUnnamedNewMailbox(t *testing.T) {
 	err := m.Deliver(context.Background(), env, smtpapp.NewMessage([]byte("Subject: x\r\n\r\nhi\r\n")))
 	if err != nil {
 		t.Fatalf("first message to a new mailbox without O_TMPFILE: %v", err)
+	}
+}
+
+// TestSyncSetting: the default is auto where syncfs can stand in for
+// fsync, and a wrong value fails at load naming the field.
+func TestSyncSetting(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	m := &Maildir{Root: t.TempDir()}
+	if err := m.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := "files"
+	if groupsync.FileSystemSupported() {
+		want = "auto"
+	}
+	if m.Sync != want || m.syncFS != (want == "auto") || !m.syncAuto && want == "auto" {
+		t.Fatalf("default sync %q (file system %v, auto %v), want %s", m.Sync, m.syncFS, m.syncAuto, want)
+	}
+	m = &Maildir{Root: t.TempDir(), Sync: "sometimes"}
+	if err := m.Provision(ctx); err == nil || !strings.HasPrefix(err.Error(), "sync: ") {
+		t.Fatalf("sync sometimes: %v, want an error naming sync", err)
 	}
 }

@@ -5,9 +5,14 @@
 // its link or rename, and one sync covers every one made before it began.
 // N files arriving together then cost about one folder sync, not N, and
 // every caller still returns after a sync that covers its own file.
+//
+// The same group commit works for a whole file system (NewFileSystem): one
+// syncfs(2) writes out every file written on it so far, so N new files cost
+// one sync instead of N fsyncs.
 package groupsync
 
 import (
+	"errors"
 	"sync"
 )
 
@@ -15,6 +20,8 @@ import (
 // make one with New.
 type Folder struct {
 	dir     string
+	sync    func(dir string) error // Dir or FileSystem
+	busy    func() bool            // if set and true, skip the sync: ErrBusy
 	hook    func(dir string, start bool)
 	mu      sync.Mutex
 	running bool
@@ -29,7 +36,37 @@ type batch struct {
 // New returns the syncer of dir. hook, if not nil (tests), sees each sync
 // start and end.
 func New(dir string, hook func(dir string, start bool)) *Folder {
-	return &Folder{dir: dir, hook: hook}
+	return &Folder{dir: dir, sync: Dir, hook: hook}
+}
+
+// ErrBusy is Sync's answer when a file system syncer skipped its sync
+// because the system had more unwritten data than it allows: each caller
+// then syncs its own files instead.
+var ErrBusy = errors.New("too much unwritten data for a file system sync")
+
+// NewFileSystem returns a group syncer of the whole file system that holds
+// dir (see FileSystem); its Sync covers every file written on it before
+// the call. It keeps dir open for good (one per file system), so it syncs
+// the right file system even once dir is gone. Only where
+// FileSystemSupported.
+//
+// busy, if not nil, is asked before each sync; when it says yes the sync
+// is skipped and Sync returns ErrBusy (see Busy).
+func NewFileSystem(dir string, busy func() bool, hook func(dir string, start bool)) (*Folder, error) {
+	fs, err := openFileSystem(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &Folder{dir: dir, sync: fs.run, busy: busy, hook: hook}, nil
+}
+
+// Busy reports whether the system has more than max bytes not yet written
+// to disk (Dirty and Writeback in /proc/meminfo), or cannot tell. A
+// syncfs also writes out what other programs left unwritten, so past a
+// small max it would make a caller wait for a neighbour's data.
+func Busy(max int64) bool {
+	n, ok := Unwritten()
+	return !ok || n > max
 }
 
 // Sync returns once a sync of the folder that started after the call has
@@ -60,12 +97,16 @@ func (f *Folder) lead() {
 	f.next = nil
 	f.mu.Unlock()
 
-	if f.hook != nil {
-		f.hook(f.dir, true)
-	}
-	b.err = Dir(f.dir)
-	if f.hook != nil {
-		f.hook(f.dir, false)
+	if f.busy != nil && f.busy() {
+		b.err = ErrBusy
+	} else {
+		if f.hook != nil {
+			f.hook(f.dir, true)
+		}
+		b.err = f.sync(f.dir)
+		if f.hook != nil {
+			f.hook(f.dir, false)
+		}
 	}
 	close(b.done)
 

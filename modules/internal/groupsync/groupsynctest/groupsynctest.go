@@ -18,13 +18,17 @@ type Log struct {
 	open     map[string]int
 	syncs    []span
 	returned map[string]int
+	written  map[string]int
+	fsOpen   map[string]int
+	fsSyncs  []span
 }
 
 type span struct{ start, end int }
 
 // New returns an empty Log.
 func New() *Log {
-	return &Log{visible: map[string]int{}, open: map[string]int{}, returned: map[string]int{}}
+	return &Log{visible: map[string]int{}, open: map[string]int{}, returned: map[string]int{},
+		written: map[string]int{}, fsOpen: map[string]int{}}
 }
 
 func (l *Log) tick() int { l.clock++; return l.clock }
@@ -66,4 +70,41 @@ func (l *Log) Covered(t testing.TB, path, key string) {
 		}
 	}
 	t.Fatalf("%s (visible at %d, caller %s returned at %d): no sync in between", path, v, key, r)
+}
+
+// Written records that the file to become visible at path is written (not
+// yet synced, not yet visible).
+func (l *Log) Written(path string) { l.mu.Lock(); l.written[path] = l.tick(); l.mu.Unlock() }
+
+// FileSystemSync records the start or the end of a sync of a whole file
+// system.
+func (l *Log) FileSystemSync(dir string, start bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if start {
+		l.fsOpen[dir] = l.tick()
+	} else {
+		l.fsSyncs = append(l.fsSyncs, span{l.fsOpen[dir], l.tick()})
+	}
+}
+
+// FileSystemSyncs is how many file system syncs ended.
+func (l *Log) FileSystemSyncs() int { l.mu.Lock(); defer l.mu.Unlock(); return len(l.fsSyncs) }
+
+// SyncedBeforeVisible fails t unless a file system sync that started
+// after the file at path was written ended before it became visible.
+func (l *Log) SyncedBeforeVisible(t testing.TB, path string) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	w, v := l.written[path], l.visible[path]
+	if w == 0 || v == 0 {
+		t.Fatalf("%s: written at %d, visible at %d", path, w, v)
+	}
+	for _, s := range l.fsSyncs {
+		if s.start > w && s.end < v {
+			return
+		}
+	}
+	t.Fatalf("%s (written at %d, visible at %d): no file system sync in between", path, w, v)
 }

@@ -1,0 +1,74 @@
+package groupsync
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestKernelAtLeast(t *testing.T) {
+	for _, c := range []struct {
+		release string
+		want    bool
+	}{
+		{"5.8.0", true}, {"5.7.19", false}, {"6.1.0-13-amd64", true}, {"5.10-rc1", true},
+		{"4.19.0", false}, {"5.8+", true}, {"10.0", true}, {"5", false}, {"x.y", false}, {"", false},
+	} {
+		if got := kernelAtLeast(c.release, 5, 8); got != c.want {
+			t.Errorf("kernelAtLeast(%q, 5, 8) = %v, want %v", c.release, got, c.want)
+		}
+	}
+}
+
+func TestFileSystem(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := FileSystem(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := FileSystem(filepath.Join(dir, "missing")); err == nil {
+		t.Fatal("no error for a missing folder")
+	}
+}
+
+func TestParseUnwritten(t *testing.T) {
+	meminfo := "MemTotal:       24000000 kB\nDirty:              1200 kB\nWriteback:            24 kB\nWritebackTmp:      999 kB\n"
+	if n, ok := parseUnwritten([]byte(meminfo)); !ok || n != (1200+24)<<10 {
+		t.Fatalf("got %d, %v", n, ok)
+	}
+	for _, bad := range []string{"", "Dirty: 12 kB\n", "Dirty: x kB\nWriteback: 0 kB\n", "Dirty: 12 MB\nWriteback: 0 kB\n"} {
+		if _, ok := parseUnwritten([]byte(bad)); ok {
+			t.Errorf("%q: parsed", bad)
+		}
+	}
+	if _, ok := Unwritten(); !ok {
+		t.Fatal("cannot read this machine's /proc/meminfo")
+	}
+}
+
+// TestFileSystemBusy: past the limit the syncer skips the sync (no hook
+// call) and says ErrBusy; with room it syncs.
+func TestFileSystemBusy(t *testing.T) {
+	dir := t.TempDir()
+	syncs := 0
+	hook := func(string, bool) { syncs++ }
+	busy, err := NewFileSystem(dir, func() bool { return Busy(-1) }, hook)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := busy.Sync(); err != ErrBusy {
+		t.Fatalf("busy: %v, want ErrBusy", err)
+	}
+	calm, err := NewFileSystem(dir, func() bool { return Busy(1 << 62) }, hook)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := calm.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if syncs != 2 { // start and end of the calm one only
+		t.Fatalf("hook called %d times, want 2", syncs)
+	}
+}

@@ -1,0 +1,20 @@
+//go:build !linux
+
+package groupsync
+
+import "errors"
+
+// FileSystem is Linux's syncfs(2); elsewhere it is not supported.
+func FileSystem(dir string) error { return errors.ErrUnsupported }
+
+// FileSystemSupported is false where there is no syncfs(2).
+func FileSystemSupported() bool { return false }
+
+type fsSync struct{}
+
+func openFileSystem(dir string) (fsSync, error) { return fsSync{}, errors.ErrUnsupported }
+
+func (fsSync) run(dir string) error { return errors.ErrUnsupported }
+
+// Unwritten cannot tell here.
+func Unwritten() (int64, bool) { return 0, false }
