@@ -34,20 +34,5 @@ func callSyncHook(dir string, start bool) {
 	}
 }
 
-// fileSystemSyncHook, in tests only, sees each file system sync start and
-// end (sync file_system).
-var fileSystemSyncHook func(dir string, start bool)
-
-func callFileSystemSyncHook(dir string, start bool) {
-	if fileSystemSyncHook != nil {
-		fileSystemSyncHook(dir, start)
-	}
-}
-
-// writeHook, in tests only, sees each copy written, before any sync;
-// fileSyncHook sees each copy synced on its own in sync auto.
-var writeHook, fileSyncHook func(path string)
-
-// maxUnwritten is how much unwritten data (system-wide) sync auto allows
-// before it syncs each copy on its own instead of the whole file system.
-var maxUnwritten int64 = 16 << 20
+// writeHook, in tests only, sees each copy written, before any sync.
+var writeHook func(path string)

@@ -44,7 +44,7 @@ func TestFileSystemSyncCoversEveryCopy(t *testing.T) {
 	if !groupsync.FileSystemSupported() {
 		t.Skip("no syncfs here")
 	}
-	m := &Maildir{root: t.TempDir(), hostname: "h", JunkFolder: "Junk", unnamed: true, syncFS: true}
+	m := &Maildir{root: t.TempDir(), hostname: "h", JunkFolder: "Junk", unnamed: true, sync: groupsync.FileSystem}
 	log := hookLog(t)
 	const n = 64
 	files := deliverAtOnce(t, m, n, log)
@@ -69,9 +69,9 @@ func TestAutoSyncsEachCopyWhenBusy(t *testing.T) {
 	if !groupsync.FileSystemSupported() {
 		t.Skip("no syncfs here")
 	}
-	defer func(v int64) { maxUnwritten = v }(maxUnwritten)
-	maxUnwritten = -1 // always busy
-	m := &Maildir{root: t.TempDir(), hostname: "h", JunkFolder: "Junk", unnamed: true, syncFS: true, syncAuto: true}
+	defer func(v int64) { groupsync.MaxUnwritten = v }(groupsync.MaxUnwritten)
+	groupsync.MaxUnwritten = -1 // always busy
+	m := &Maildir{root: t.TempDir(), hostname: "h", JunkFolder: "Junk", unnamed: true, sync: groupsync.Auto}
 	log := hookLog(t)
 	const n = 16
 	files := deliverAtOnce(t, m, n, log)
@@ -82,7 +82,7 @@ func TestAutoSyncsEachCopyWhenBusy(t *testing.T) {
 		t.Fatalf("busy: %d file system syncs, %d copies synced on their own; want 0 and %d", log.FileSystemSyncs(), fileSyncs.Load(), n)
 	}
 
-	maxUnwritten = 1 << 62 // never busy
+	groupsync.MaxUnwritten = 1 << 62 // never busy
 	fileSyncs.Store(0)
 	m.root = t.TempDir()
 	log = hookLog(t)
@@ -101,10 +101,10 @@ var fileSyncs atomic.Int64
 // hookLog points the package's test hooks at a new log.
 func hookLog(t *testing.T) *groupsynctest.Log {
 	log := groupsynctest.New()
-	linkHook, syncHook, writeHook, fileSystemSyncHook = log.Visible, log.Sync, log.Written, log.FileSystemSync
-	fileSyncHook = func(string) { fileSyncs.Add(1) }
+	linkHook, syncHook, writeHook, groupsync.FileSystemSyncHook = log.Visible, log.Sync, log.Written, log.FileSystemSync
+	groupsync.FileSyncHook = func(string) { fileSyncs.Add(1) }
 	t.Cleanup(func() {
-		linkHook, syncHook, writeHook, fileSystemSyncHook, fileSyncHook = nil, nil, nil, nil, nil
+		linkHook, syncHook, writeHook, groupsync.FileSystemSyncHook, groupsync.FileSyncHook = nil, nil, nil, nil, nil
 		fileSyncs.Store(0)
 	})
 	return log

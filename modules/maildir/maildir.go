@@ -65,13 +65,13 @@ type Maildir struct {
 	//
 	// Default: auto on Linux 5.8 or later, files elsewhere. Copies that
 	// cannot be unnamed files (no O_TMPFILE) are always synced one by one.
+	// The queue has the same setting for its spool.
 	Sync string `json:"sync,omitempty"`
 
 	root     string
 	hostname string
 	unnamed  bool // O_TMPFILE files can be linked (needs /proc)
-	syncFS   bool // sync file_system or auto
-	syncAuto bool // sync auto
+	sync     groupsync.Mode
 	logger   *zap.Logger
 }
 
@@ -108,23 +108,12 @@ func (m *Maildir) Provision(ctx caddy.Context) error {
 	if strings.ContainsAny(m.JunkFolder, "/\\") || strings.HasPrefix(m.JunkFolder, ".") {
 		return fmt.Errorf("junk_folder: %q must be a plain folder name", m.JunkFolder)
 	}
-	if m.Sync == "" {
-		m.Sync = "files"
-		if groupsync.FileSystemSupported() {
-			m.Sync = "auto"
-		}
+	mode, err := groupsync.ParseMode(m.Sync)
+	if err != nil {
+		return fmt.Errorf("sync: %v", err)
 	}
-	switch m.Sync {
-	case "files":
-	case "file_system", "auto":
-		if !groupsync.FileSystemSupported() {
-			return fmt.Errorf("sync: %s needs Linux 5.8 or later (a syncfs that reports write errors); use files", m.Sync)
-		}
-		m.syncFS, m.syncAuto = true, m.Sync == "auto"
-	default:
-		return fmt.Errorf(`sync: %q is not "files", "file_system" or "auto"`, m.Sync)
-	}
-	_, err := os.Stat("/proc/self/fd")
+	m.sync, m.Sync = mode, mode.String()
+	_, err = os.Stat("/proc/self/fd")
 	m.unnamed = err == nil
 	h, _ := os.Hostname()
 	m.hostname = strings.NewReplacer("/", `\057`, ":", `\072`).Replace(h)
@@ -239,34 +228,15 @@ func (m *Maildir) Stage(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp
 	return commit, abort, nil
 }
 
-// syncStaged syncs the copies that stage left unsynced (sync file_system
-// or auto): one shared sync per file system, or each copy on its own when
-// auto finds the system busy. Every copy is synced before it can become
-// visible.
+// syncStaged syncs the unnamed copies stage wrote (groupsync.Written:
+// concurrent deliveries share a file system sync, in sync file_system or
+// auto), each before it can become visible.
 func (m *Maildir) syncStaged(staged []*stagedFile) error {
-	var synced map[string]bool
 	for _, sf := range staged {
 		if !sf.unsynced {
 			continue
 		}
-		dir := filepath.Dir(filepath.Dir(sf.dst))
-		if synced[dir] {
-			sf.unsynced = false
-			continue
-		}
-		err := syncFileSystem(dir, m.syncAuto)
-		if errors.Is(err, groupsync.ErrBusy) {
-			err = sf.f.Sync()
-			if fileSyncHook != nil && err == nil {
-				fileSyncHook(sf.dst)
-			}
-		} else if err == nil {
-			if synced == nil {
-				synced = map[string]bool{}
-			}
-			synced[dir] = true
-		}
-		if err != nil {
+		if err := groupsync.Written(sf.f, filepath.Dir(filepath.Dir(sf.dst)), m.sync); err != nil {
 			return err
 		}
 		sf.unsynced = false
@@ -360,10 +330,10 @@ func (m *Maildir) stage(dir string, env *smtpapp.Envelope, r smtpapp.Recipient, 
 	bw.Reset(nil)
 	writers.Put(bw)
 	if err == nil {
-		if m.syncFS && sf.f != nil {
+		if sf.f != nil {
 			sf.unsynced = true // syncStaged syncs it
 		} else {
-			err = f.Sync()
+			err = f.Sync() // a named copy, closed below
 		}
 	}
 	if sf.tmp != "" {

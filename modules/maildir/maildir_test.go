@@ -36,8 +36,8 @@ func TestSyncSetting(t *testing.T) {
 	if groupsync.FileSystemSupported() {
 		want = "auto"
 	}
-	if m.Sync != want || m.syncFS != (want == "auto") || !m.syncAuto && want == "auto" {
-		t.Fatalf("default sync %q (file system %v, auto %v), want %s", m.Sync, m.syncFS, m.syncAuto, want)
+	if m.Sync != want || m.sync.String() != want {
+		t.Fatalf("default sync %q (%v), want %s", m.Sync, m.sync, want)
 	}
 	m = &Maildir{Root: t.TempDir(), Sync: "sometimes"}
 	if err := m.Provision(ctx); err == nil || !strings.HasPrefix(err.Error(), "sync: ") {

@@ -101,6 +101,8 @@ func (q *Queue) unmarshalOption(d *caddyfile.Dispenser) error {
 		return oneArg(d, &q.Path)
 	case "hostname":
 		return oneArg(d, &q.Hostname)
+	case "sync":
+		return oneArg(d, &q.Sync)
 	case "max_concurrency":
 		q.MaxConcurrency, err = caddyargs.Int(d)
 	case "max_per_domain":

@@ -19,6 +19,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/groupsync"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -32,6 +33,7 @@ type settings struct {
 	logger   *zap.Logger
 	app      *smtpapp.App
 	hostname string
+	sync     groupsync.Mode // of new message files
 	limits
 	retrySettings
 	tlsSettings
@@ -54,6 +56,9 @@ func (q *Queue) settings(ctx caddy.Context, app *smtpapp.App) (*settings, error)
 	var err error
 	if s.hostname, err = q.heloName(app); err != nil {
 		return nil, err
+	}
+	if s.sync, err = groupsync.ParseMode(q.Sync); err != nil {
+		return nil, fieldErr("sync", err)
 	}
 	if s.limits, err = q.limits(); err != nil {
 		return nil, err

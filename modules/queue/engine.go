@@ -419,7 +419,7 @@ func (e *engine) enqueue(s *settings, rec *record, write func(io.Writer) (int64,
 	e.reserved[rec.ID] = true
 	e.mu.Unlock()
 
-	off, size, err := e.sp.write(rec, prefix, write)
+	off, size, err := e.sp.write(rec, prefix, write, s.sync)
 
 	e.mu.Lock()
 	delete(e.reserved, rec.ID)

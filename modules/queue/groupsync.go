@@ -5,9 +5,12 @@ package queue
 // queue/, and every 250 still follows a sync that covers its own file.
 
 // Test hooks (nil outside tests): spoolSyncHook sees each folder sync
-// start and end, spoolRenameHook each message file renamed into queue/.
+// start and end, spoolWriteHook each message file written in tmp/ (by its
+// path to be in queue/), before its sync, spoolRenameHook each message
+// file renamed into queue/.
 var (
 	spoolSyncHook   func(dir string, start bool)
+	spoolWriteHook  func(path string)
 	spoolRenameHook func(path string)
 )
 

@@ -35,6 +35,15 @@ type Queue struct {
 	// app's first server (by name), else the machine's host name.
 	Hostname string `json:"hostname,omitempty"`
 
+	// Sync is how a message file reaches the disk before the message is
+	// acknowledged: "files" (fsync each), "file_system" (concurrent
+	// enqueues share one syncfs of the spool's file system) or "auto"
+	// (file_system while the system has at most 16 MiB unwritten, files
+	// otherwise), as the maildir module's sync setting. Either way the file
+	// is synced in tmp/ before its rename into the queue. Default: auto on
+	// Linux 5.8 or later, files elsewhere.
+	Sync string `json:"sync,omitempty"`
+
 	// MaxConcurrency is the number of deliveries in progress at once.
 	// Default: 20.
 	MaxConcurrency int `json:"max_concurrency,omitempty"`

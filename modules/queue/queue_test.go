@@ -528,6 +528,7 @@ func TestConfigErrors(t *testing.T) {
 		{"connection_cache", map[string]any{"idle_timeout": "-1s"}, "connection_cache.idle_timeout"},
 		{"tls", map[string]any{"disable": true, "verify": true}, "tls"},
 		{"remote_port", 70000, "remote_port"},
+		{"sync", "sometimes", "sync"},
 		{"hostname", "not a host name", "hostname"},
 	} {
 		cfg := map[string]any{}

@@ -28,7 +28,8 @@ import (
 //
 // A message file is "CSQ1 " + the envelope as one line of JSON + "\n", then
 // the message exactly as it is sent (DKIM-Signature first, if signed). It is
-// written in tmp/, synced, renamed into queue/ and the folder synced before
+// written in tmp/, synced (alone, or by a file system sync shared with the
+// enqueues in progress: sync), renamed into queue/ and the folder synced before
 // Deliver returns (a sync shared by the enqueues in progress, started after
 // the rename: groupsync.go): its presence in queue/ is the commit. It never changes
 // afterwards; what changes (attempts, results) goes to <id>.state, replaced
@@ -154,9 +155,9 @@ func (sp *spool) exists(id string) bool {
 func (sp *spool) statePath(id string) string { return filepath.Join(sp.qdir, id+".state") }
 
 // write stores a new message: envelope line, prefix (a DKIM-Signature
-// field), then what body writes. It returns the offset of the message in
-// the file and the message's size.
-func (sp *spool) write(rec *record, prefix []byte, body func(io.Writer) (int64, error)) (int64, int64, error) {
+// field), then what body writes, synced in tmp/ the way mode says. It
+// returns the offset of the message in the file and the message's size.
+func (sp *spool) write(rec *record, prefix []byte, body func(io.Writer) (int64, error), mode groupsync.Mode) (int64, int64, error) {
 	line, err := json.Marshal(rec)
 	if err != nil {
 		return 0, 0, err
@@ -176,8 +177,11 @@ func (sp *spool) write(rec *record, prefix []byte, body func(io.Writer) (int64, 
 	if err == nil {
 		err = bw.Flush()
 	}
+	if err == nil && spoolWriteHook != nil {
+		spoolWriteHook(sp.path(rec.ID))
+	}
 	if err == nil {
-		err = f.Sync()
+		err = groupsync.Written(f, sp.tmpdir, mode)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr

@@ -6,14 +6,24 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
-// FileSystem writes out everything not yet on disk in the file system that
+// device is the file system (device number) that holds dir.
+func device(dir string) (uint64, error) {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return 0, err
+	}
+	return uint64(fi.Sys().(*syscall.Stat_t).Dev), nil
+}
+
+// SyncFileSystem writes out everything not yet on disk in the file system that
 // holds dir (syncfs(2): data, inodes and folders, then a cache flush) and
 // reports any write-back error since the last call.
-func FileSystem(dir string) error {
+func SyncFileSystem(dir string) error {
 	fs, err := openFileSystem(dir)
 	if err != nil {
 		return err
@@ -48,7 +58,7 @@ func (fd fsSync) run(dir string) error {
 
 func (fd fsSync) close() { unix.Close(int(fd)) }
 
-// FileSystemSupported reports whether FileSystem can stand in for fsync:
+// FileSystemSupported reports whether SyncFileSystem can stand in for fsync:
 // syncfs reports write-back errors only since Linux 5.8, and before that a
 // failed write would still look synced.
 var FileSystemSupported = sync.OnceValue(func() bool {

@@ -25,10 +25,10 @@ func TestFileSystem(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := FileSystem(dir); err != nil {
+	if err := SyncFileSystem(dir); err != nil {
 		t.Fatal(err)
 	}
-	if err := FileSystem(filepath.Join(dir, "missing")); err == nil {
+	if err := SyncFileSystem(filepath.Join(dir, "missing")); err == nil {
 		t.Fatal("no error for a missing folder")
 	}
 }

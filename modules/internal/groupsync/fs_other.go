@@ -4,8 +4,8 @@ package groupsync
 
 import "errors"
 
-// FileSystem is Linux's syncfs(2); elsewhere it is not supported.
-func FileSystem(dir string) error { return errors.ErrUnsupported }
+// SyncFileSystem is Linux's syncfs(2); elsewhere it is not supported.
+func SyncFileSystem(dir string) error { return errors.ErrUnsupported }
 
 // FileSystemSupported is false where there is no syncfs(2).
 func FileSystemSupported() bool { return false }
@@ -18,3 +18,5 @@ func (fsSync) run(dir string) error { return errors.ErrUnsupported }
 
 // Unwritten cannot tell here.
 func Unwritten() (int64, bool) { return 0, false }
+
+func device(dir string) (uint64, error) { return 0, errors.ErrUnsupported }

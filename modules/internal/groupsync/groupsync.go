@@ -45,7 +45,7 @@ func New(dir string, hook func(dir string, start bool)) *Folder {
 var ErrBusy = errors.New("too much unwritten data for a file system sync")
 
 // NewFileSystem returns a group syncer of the whole file system that holds
-// dir (see FileSystem); its Sync covers every file written on it before
+// dir (see SyncFileSystem); its Sync covers every file written on it before
 // the call. It keeps dir open for good (one per file system), so it syncs
 // the right file system even once dir is gone. Only where
 // FileSystemSupported.

@@ -1,0 +1,146 @@
+package groupsync
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+)
+
+// Mode is how a file that was just written, and is not yet visible under
+// its final name, reaches the disk (the sync setting of the maildir and
+// queue modules).
+type Mode uint8
+
+const (
+	// Files syncs each file on its own (fsync): a caller waits only for
+	// its own file.
+	Files Mode = iota
+	// FileSystem lets concurrent callers share one sync of the whole file
+	// system (syncfs): N files cost one sync instead of N. It also writes
+	// out what other programs left unwritten there.
+	FileSystem
+	// Auto is FileSystem while the system has at most MaxUnwritten bytes
+	// not yet written (Busy), Files otherwise.
+	Auto
+)
+
+// ParseMode reads a sync setting: "files", "file_system" or "auto"; ""
+// is DefaultMode.
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "":
+		return DefaultMode(), nil
+	case "files":
+		return Files, nil
+	case "file_system", "auto":
+		if !FileSystemSupported() {
+			return Files, fmt.Errorf("%s needs Linux 5.8 or later (a syncfs that reports write errors); use files", s)
+		}
+		if s == "auto" {
+			return Auto, nil
+		}
+		return FileSystem, nil
+	}
+	return Files, fmt.Errorf(`%q is not "files", "file_system" or "auto"`, s)
+}
+
+// DefaultMode is Auto where FileSystemSupported, Files elsewhere.
+func DefaultMode() Mode {
+	if FileSystemSupported() {
+		return Auto
+	}
+	return Files
+}
+
+func (m Mode) String() string {
+	switch m {
+	case FileSystem:
+		return "file_system"
+	case Auto:
+		return "auto"
+	}
+	return "files"
+}
+
+// MaxUnwritten is how much unwritten data (system-wide) Auto allows before
+// it syncs each file on its own: 16 MiB, a fraction of a second even for a
+// slow disk, so that a neighbour's gigabytes never hold a caller up.
+var MaxUnwritten int64 = 16 << 20
+
+// Test hooks: FileSystemSyncHook sees each shared file system sync start
+// and end, FileSyncHook each file Written synced on its own.
+var (
+	FileSystemSyncHook func(dir string, start bool)
+	FileSyncHook       func(path string)
+)
+
+// Written returns once f, a file just written in dir and not yet visible
+// under its final name, is on disk: synced on its own (Files, or Auto on a
+// busy system), or covered by a sync of the file system that started
+// after the call.
+func Written(f *os.File, dir string, mode Mode) error {
+	if mode != Files {
+		fs, err := fileSystemOf(dir, mode == Auto)
+		if err == nil {
+			err = fs.Sync()
+		}
+		if !errors.Is(err, ErrBusy) {
+			return err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if FileSyncHook != nil {
+		FileSyncHook(f.Name())
+	}
+	return nil
+}
+
+// fileSystems holds one group syncer per file system (by device) and
+// mode, shared by every caller on it; folderOn caches the syncer of each
+// folder asked for (bounded by the folders in use: mailboxes, spools).
+var (
+	fileSystems sync.Map // fsKey -> *Folder
+	folderOn    sync.Map // fsKey with dir -> *Folder
+)
+
+type fsKey struct {
+	dev  uint64
+	dir  string // "" in fileSystems
+	auto bool
+}
+
+func fileSystemOf(dir string, auto bool) (*Folder, error) {
+	if v, ok := folderOn.Load(fsKey{dir: dir, auto: auto}); ok {
+		return v.(*Folder), nil
+	}
+	dev, err := device(dir)
+	if err != nil {
+		return nil, err
+	}
+	key := fsKey{dev: dev, auto: auto}
+	v, ok := fileSystems.Load(key)
+	if !ok {
+		var busy func() bool
+		if auto {
+			busy = func() bool { return Busy(MaxUnwritten) }
+		}
+		f, err := NewFileSystem(dir, busy, callFileSystemSyncHook)
+		if err != nil {
+			return nil, err
+		}
+		v, _ = fileSystems.LoadOrStore(key, f)
+	}
+	folderOn.Store(fsKey{dir: dir, auto: auto}, v)
+	return v.(*Folder), nil
+}
+
+// callFileSystemSyncHook reads the hook when a sync runs, so tests may set
+// it late.
+func callFileSystemSyncHook(dir string, start bool) {
+	if FileSystemSyncHook != nil {
+		FileSystemSyncHook(dir, start)
+	}
+}
