@@ -1,6 +1,7 @@
 package smtpapp_test
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -30,8 +31,10 @@ func TestExitEndsSessions(t *testing.T) {
 		t.Skip("builds a Caddy binary")
 	}
 	env := testenv.New(t)
-	addr, p, cfg := runBinaryMX(t, env, parkFast(), func(app, _ map[string]any) {
+	addr, p, cfg := runBinaryMX(t, env, parkFast(), func(app, srv map[string]any) {
 		app["grace_period"] = "5m" // exiting must not wait for it
+		// Clients from 127.0.0.2 wait a minute for the greeting.
+		srv["handlers"] = []any{map[string]any{"handler": "tarpit", "greeting_delay": "1m", "exempt": []string{"127.0.0.1"}}}
 	})
 
 	// A session of an older config, still finishing after a reload.
@@ -51,7 +54,15 @@ func TestExitEndsSessions(t *testing.T) {
 	sending.Expect("EHLO client.example.org", 250)
 	sending.StartMessage("sender@example.org", "alice@example.test")
 	sending.Send("Subject: cut by the exit\r\n\r\nfirst half\r\n")
-	time.Sleep(100 * time.Millisecond) // the body is read and waiting
+	// Still in the connect phase, waiting for its greeting.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	raw, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	greeting := &testenv.Client{T: t, Conn: raw, R: bufio.NewReader(raw)}
+	time.Sleep(100 * time.Millisecond) // the body is read and waiting, the tarpit holds the greeting
 
 	start := terminate(t, p)
 	expect := func(name string, c *testenv.Client, code int, enhanced string) {
@@ -65,7 +76,8 @@ func TestExitEndsSessions(t *testing.T) {
 	expect("in-transaction", inMail, 421, "4.3.2")
 	expect("sending", sending, 451, "4.3.0")
 	expect("sending", sending, 421, "4.3.2")
-	for name, c := range map[string]*testenv.Client{"old-config": old, "parked": parked, "in-transaction": inMail, "sending": sending} {
+	expect("awaiting-greeting", greeting, 421, "4.3.2")
+	for name, c := range map[string]*testenv.Client{"old-config": old, "parked": parked, "in-transaction": inMail, "sending": sending, "awaiting-greeting": greeting} {
 		if !c.Closed() {
 			t.Errorf("%s session open after the exit", name)
 		}

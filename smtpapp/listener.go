@@ -158,8 +158,12 @@ func (l *listener) admit(raw net.Conn) {
 	srv := l.srv
 	c := srv.newConn(raw)
 	if err := srv.hooks.runConnect(c); err != nil {
+		reply := replyOf(err)
+		if c.wire.ended.Load() { // the stop cut the hook short (a tarpit's wait): say why
+			reply = replyShuttingDown
+		}
 		if !srv.ImplicitTLS { // a TLS client could not read it
-			c.wire.send([]byte(formatReply(replyOf(err))))
+			c.wire.send([]byte(formatReply(reply)))
 		}
 		c.wire.closeAfterReply()
 		c.wire.Close()
