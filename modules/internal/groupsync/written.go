@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 )
 
 // Mode is how a file that was just written, and is not yet visible under
@@ -99,21 +100,25 @@ func Written(f *os.File, dir string, mode Mode) error {
 }
 
 // fileSystems holds one group syncer per file system (by device) and
-// mode, shared by every caller on it; folderOn caches the syncer of each
-// folder asked for (bounded by the folders in use: mailboxes, spools).
+// mode, shared by every caller on it; folderOn caches, per mode (Auto or
+// not), the syncer of each folder asked for (bounded by the folders in use:
+// mailboxes, spools).
 var (
-	fileSystems sync.Map // fsKey -> *Folder
-	folderOn    sync.Map // fsKey with dir -> *Folder
+	fileSystems sync.Map    // fsKey -> *Folder
+	folderOn    [2]sync.Map // folder -> *Folder
 )
 
 type fsKey struct {
 	dev  uint64
-	dir  string // "" in fileSystems
 	auto bool
 }
 
 func fileSystemOf(dir string, auto bool) (*Folder, error) {
-	if v, ok := folderOn.Load(fsKey{dir: dir, auto: auto}); ok {
+	cache := &folderOn[0]
+	if auto {
+		cache = &folderOn[1]
+	}
+	if v, ok := cache.Load(dir); ok {
 		return v.(*Folder), nil
 	}
 	dev, err := device(dir)
@@ -125,7 +130,7 @@ func fileSystemOf(dir string, auto bool) (*Folder, error) {
 	if !ok {
 		var busy func() bool
 		if auto {
-			busy = func() bool { return Busy(MaxUnwritten) }
+			busy = recentlyBusy()
 		}
 		f, err := NewFileSystem(dir, busy, callFileSystemSyncHook)
 		if err != nil {
@@ -133,8 +138,30 @@ func fileSystemOf(dir string, auto bool) (*Folder, error) {
 		}
 		v, _ = fileSystems.LoadOrStore(key, f)
 	}
-	folderOn.Store(fsKey{dir: dir, auto: auto}, v)
+	cache.Store(dir, v)
 	return v.(*Folder), nil
+}
+
+// busyFor is how long Auto trusts its last look at /proc/meminfo: reading
+// it costs three system calls and a parse, once per batch otherwise, and
+// how much is unwritten changes far more slowly than batches follow each
+// other.
+const busyFor = 100 * time.Millisecond
+
+// recentlyBusy returns Busy(MaxUnwritten), asked at most every busyFor
+// (and again when MaxUnwritten changes). Only a Folder's leader calls it,
+// one at a time.
+func recentlyBusy() func() bool {
+	var at time.Time
+	var busy bool
+	var limit int64
+	return func() bool {
+		if now := time.Now(); now.Sub(at) >= busyFor || limit != MaxUnwritten {
+			at, limit = now, MaxUnwritten
+			busy = Busy(limit)
+		}
+		return busy
+	}
 }
 
 // callFileSystemSyncHook reads the hook when a sync runs, so tests may set
