@@ -4,6 +4,10 @@
 # 127.0.0.1:2525, then checks that every acknowledged message is on disk.
 #
 #   scripts/bench-smtp-source.sh [messages=20000] [sessions=20] [size=4096]
+#   SYNC=files scripts/bench-smtp-source.sh
+#
+# SYNC sets the maildir sync setting (files, file_system or auto; default:
+# the module's default, auto on Linux 5.8+), for an A/B of the two.
 #
 # Installs Debian's postfix for smtp-source if missing (its daemon is not
 # left running). Prints messages/s; the 250 still means synced to disk.
@@ -24,10 +28,16 @@ trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$wor
 echo "building..." >&2
 go build -o "$work/caddy" "$root/cmd/caddy"
 cd "$work"
+sync_opt=
+if [ -n "${SYNC:-}" ]; then
+	sync_opt=" {\n\t\t\tsync $SYNC\n\t\t}"
+fi
 # smtp-source connects from one address: past the quick start's 20
 # connections per client network, the benchmark's copy allows more.
-sed "s|listen 127.0.0.1:2525|&\n\t\t\tlimits {\n\t\t\t\tmax_connections_per_ip $((sessions + 5))\n\t\t\t}|" \
+sed -e "s|listen 127.0.0.1:2525|&\n\t\t\tlimits {\n\t\t\t\tmax_connections_per_ip $((sessions + 5))\n\t\t\t}|" \
+	-e "s|local_delivery maildir ./data/maildir|&$sync_opt|" \
 	"$root/examples/Caddyfile" >"$work/Caddyfile"
+sync # what the build left unwritten is not this run's work
 "$work/caddy" run --config "$work/Caddyfile" >"$work/caddy.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do
