@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/groupsync"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/groupsync/groupsynctest"
@@ -101,7 +102,13 @@ var fileSyncs atomic.Int64
 // hookLog points the package's test hooks at a new log.
 func hookLog(t *testing.T) *groupsynctest.Log {
 	log := groupsynctest.New()
-	linkHook, syncHook, writeHook, groupsync.FileSystemSyncHook = log.Visible, log.Sync, log.Written, log.FileSystemSync
+	linkHook, syncHook, writeHook = log.Visible, log.Sync, log.Written
+	groupsync.FileSystemSyncHook = func(dir string, start bool) {
+		log.FileSystemSync(dir, start)
+		if start { // the others arrive meanwhile and share the next sync, even where syncfs is instant (tmpfs)
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	groupsync.FileSyncHook = func(string) { fileSyncs.Add(1) }
 	t.Cleanup(func() {
 		linkHook, syncHook, writeHook, groupsync.FileSystemSyncHook, groupsync.FileSyncHook = nil, nil, nil, nil, nil

@@ -59,9 +59,9 @@ type Maildir struct {
 	// only.
 	//
 	// "auto" is file_system while the system has little unwritten data (at
-	// most 16 MiB of Dirty and Writeback in /proc/meminfo, read before each
-	// shared sync), files otherwise: the shared sync when it is cheap, and
-	// no wait for a neighbour's gigabytes.
+	// most 16 MiB of Dirty and Writeback in /proc/meminfo, looked at every
+	// 100 ms at most), files otherwise: the shared sync when it is cheap,
+	// and one sync per copy while a neighbour has much to write.
 	//
 	// Default: auto on Linux 5.8 or later, files elsewhere. Copies that
 	// cannot be unnamed files (no O_TMPFILE) are always synced one by one.
@@ -101,6 +101,11 @@ func (m *Maildir) Provision(ctx caddy.Context) error {
 	m.root = filepath.Clean(caddy.NewReplacer().ReplaceKnown(m.Root, ""))
 	if err := os.MkdirAll(m.root, 0o700); err != nil {
 		return fmt.Errorf("root: %v", err)
+	}
+	// The root's own entry, if just made, must not vanish in a crash
+	// under the first messages (ensureMaildir syncs from the root down).
+	if err := groupsync.Dir(filepath.Dir(m.root)); err != nil {
+		m.logger.Warn("cannot sync the folder above the Maildir root", zap.String("root", m.root), zap.Error(err))
 	}
 	if m.JunkFolder == "" {
 		m.JunkFolder = "Junk"
@@ -354,17 +359,14 @@ func (m *Maildir) stage(dir string, env *smtpapp.Envelope, r smtpapp.Recipient, 
 }
 
 // ensureMaildir creates the Maildir (and the Maildir++ marker for a
-// subfolder) if missing, and syncs every folder it created and the one
-// above it, up to the root: the first message survives a crash too.
+// subfolder) if missing, so that the first message survives a crash too:
+// new/ and cur/ first, then a sync of the mailbox folder and of every
+// folder above it up to the root, and tmp/ last. A concurrent delivery
+// that finds tmp/ (and so skips this) then links into a new/ that is
+// already durable; one that does not comes here and syncs the same
+// folders before it answers.
 func (m *Maildir) ensureMaildir(dir string) error {
-	var created []string
-	for p := dir; p != m.root && p != filepath.Dir(p); p = filepath.Dir(p) {
-		if _, err := os.Stat(p); err == nil {
-			break
-		}
-		created = append(created, p)
-	}
-	for _, sub := range []string{"tmp", "new", "cur"} {
+	for _, sub := range []string{"new", "cur"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return err
 		}
@@ -376,14 +378,16 @@ func (m *Maildir) ensureMaildir(dir string) error {
 		}
 		f.Close()
 	}
-	syncs := []string{dir}
-	for _, p := range created {
-		syncs = append(syncs, filepath.Dir(p))
-	}
-	for _, p := range syncs {
+	for p := dir; ; p = filepath.Dir(p) {
 		if err := groupsync.Dir(p); err != nil {
 			return err
 		}
+		if p == m.root || p == filepath.Dir(p) {
+			break
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "tmp"), 0o700); err != nil && !os.IsExist(err) {
+		return err
 	}
 	return nil
 }

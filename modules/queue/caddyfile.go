@@ -13,6 +13,7 @@ import (
 //	queue [<path>] {
 //		path <folder>
 //		hostname <name>
+//		sync files|file_system|auto
 //		max_concurrency <n>
 //		max_per_domain <n>
 //		max_recipients <n>

@@ -58,7 +58,7 @@ func (q *Queue) settings(ctx caddy.Context, app *smtpapp.App) (*settings, error)
 		return nil, err
 	}
 	if s.sync, err = groupsync.ParseMode(q.Sync); err != nil {
-		return nil, fieldErr("sync", err)
+		return nil, fmt.Errorf("sync: %v", err)
 	}
 	if s.limits, err = q.limits(); err != nil {
 		return nil, err

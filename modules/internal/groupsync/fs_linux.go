@@ -11,20 +11,56 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// device is the file system (device number) that holds dir.
-func device(dir string) (uint64, error) {
-	fi, err := os.Stat(dir)
+// sharedSync covers f, written in dir, by a group sync of its file system
+// (f's own, whatever dir has become since), then asks f itself whether its
+// write-back failed: syncfs reports an error once per descriptor, to the
+// batch whose sync saw it, and a write of f's pages by an earlier batch's
+// sync that failed would leave f's own sync returning success.
+func sharedSync(f *os.File, dir string, auto bool) error {
+	fi, err := f.Stat()
 	if err != nil {
-		return 0, err
+		return errNoShared
 	}
-	return uint64(fi.Sys().(*syscall.Stat_t).Dev), nil
+	fs, err := fileSystem(uint64(fi.Sys().(*syscall.Stat_t).Dev), dir, auto)
+	if err != nil {
+		return errNoShared
+	}
+	if err := fs.Sync(); err != nil {
+		return err
+	}
+	return checkWritten(f)
 }
 
-// SyncFileSystem writes out everything not yet on disk in the file system that
-// holds dir (syncfs(2): data, inodes and folders, then a cache flush) and
-// reports any write-back error since the last call.
+// checkWritten writes and waits for whatever of f is still dirty (nothing,
+// after a sync that covered it) and reports any write-back error on f
+// since it was opened (sync_file_range checks the file's own error
+// sequence), without a disk cache flush.
+func checkWritten(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		for {
+			serr = unix.SyncFileRange(int(fd), 0, 0,
+				unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
+			if serr != unix.EINTR {
+				return
+			}
+		}
+	})
+	if err == nil && serr != nil {
+		err = &os.PathError{Op: "sync_file_range", Path: f.Name(), Err: serr}
+	}
+	return err
+}
+
+// SyncFileSystem writes out everything not yet on disk in the file system
+// that holds dir (syncfs(2): data, inodes and folders, then a cache flush)
+// and reports a write-back error there not yet reported to anyone.
 func SyncFileSystem(dir string) error {
-	fs, err := openFileSystem(dir)
+	fs, _, err := openFileSystem(dir)
 	if err != nil {
 		return err
 	}
@@ -34,12 +70,18 @@ func SyncFileSystem(dir string) error {
 
 type fsSync int // a descriptor of a folder on the file system
 
-func openFileSystem(dir string) (fsSync, error) {
+// openFileSystem opens dir, and says on which device it is.
+func openFileSystem(dir string) (fsSync, uint64, error) {
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return -1, &os.PathError{Op: "open", Path: dir, Err: err}
+		return -1, 0, &os.PathError{Op: "open", Path: dir, Err: err}
 	}
-	return fsSync(fd), nil
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, 0, &os.PathError{Op: "stat", Path: dir, Err: err}
+	}
+	return fsSync(fd), uint64(st.Dev), nil
 }
 
 func (fd fsSync) run(dir string) error {

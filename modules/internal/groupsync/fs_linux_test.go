@@ -72,3 +72,30 @@ func TestFileSystemBusy(t *testing.T) {
 		t.Fatalf("hook called %d times, want 2", syncs)
 	}
 }
+
+// TestWrittenSharedChecksTheFile: a file covered by a shared sync is then
+// asked for its own write errors; a file that cannot be asked (closed)
+// fails rather than passing as synced.
+func TestWrittenSharedChecksTheFile(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("message"); err != nil {
+		t.Fatal(err)
+	}
+	syncs := 0
+	FileSystemSyncHook = func(string, bool) { syncs++ }
+	defer func() { FileSystemSyncHook = nil }()
+	if err := Written(f, dir, FileSystem); err != nil {
+		t.Fatal(err)
+	}
+	if syncs != 2 {
+		t.Fatalf("hook called %d times, want a start and an end", syncs)
+	}
+	f.Close()
+	if err := checkWritten(f); err == nil {
+		t.Fatal("checkWritten of a closed file: no error")
+	}
+}

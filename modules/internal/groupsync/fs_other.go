@@ -2,7 +2,10 @@
 
 package groupsync
 
-import "errors"
+import (
+	"errors"
+	"os"
+)
 
 // SyncFileSystem is Linux's syncfs(2); elsewhere it is not supported.
 func SyncFileSystem(dir string) error { return errors.ErrUnsupported }
@@ -12,11 +15,14 @@ func FileSystemSupported() bool { return false }
 
 type fsSync struct{}
 
-func openFileSystem(dir string) (fsSync, error) { return fsSync{}, errors.ErrUnsupported }
+func openFileSystem(dir string) (fsSync, uint64, error) { return fsSync{}, 0, errors.ErrUnsupported }
 
 func (fsSync) run(dir string) error { return errors.ErrUnsupported }
 
+func (fsSync) close() {}
+
+// sharedSync: no shared sync here; Written syncs each file.
+func sharedSync(f *os.File, dir string, auto bool) error { return errNoShared }
+
 // Unwritten cannot tell here.
 func Unwritten() (int64, bool) { return 0, false }
-
-func device(dir string) (uint64, error) { return 0, errors.ErrUnsupported }

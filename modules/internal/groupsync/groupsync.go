@@ -23,6 +23,8 @@ type Folder struct {
 	sync    func(dir string) error // Dir or FileSystem
 	busy    func() bool            // if set and true, skip the sync: ErrBusy
 	hook    func(dir string, start bool)
+	dev     uint64 // file system syncers: the device
+	close   func() // file system syncers: closes the folder
 	mu      sync.Mutex
 	running bool
 	next    *batch // waiters for the next sync to start
@@ -53,11 +55,11 @@ var ErrBusy = errors.New("too much unwritten data for a file system sync")
 // busy, if not nil, is asked before each sync; when it says yes the sync
 // is skipped and Sync returns ErrBusy (see Busy).
 func NewFileSystem(dir string, busy func() bool, hook func(dir string, start bool)) (*Folder, error) {
-	fs, err := openFileSystem(dir)
+	fs, dev, err := openFileSystem(dir)
 	if err != nil {
 		return nil, err
 	}
-	return &Folder{dir: dir, sync: fs.run, busy: busy, hook: hook}, nil
+	return &Folder{dir: dir, sync: fs.run, busy: busy, hook: hook, dev: dev, close: fs.close}, nil
 }
 
 // Busy reports whether the system has more than max bytes not yet written

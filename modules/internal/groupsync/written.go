@@ -66,7 +66,7 @@ func (m Mode) String() string {
 
 // MaxUnwritten is how much unwritten data (system-wide) Auto allows before
 // it syncs each file on its own: 16 MiB, a fraction of a second even for a
-// slow disk, so that a neighbour's gigabytes never hold a caller up.
+// slow disk, so that a shared sync never waits long for a neighbour's data.
 var MaxUnwritten int64 = 16 << 20
 
 // Test hooks: FileSystemSyncHook sees each shared file system sync start
@@ -76,17 +76,18 @@ var (
 	FileSyncHook       func(path string)
 )
 
+// errNoShared: no shared sync can cover the file (its file system's
+// syncer could not be set up); it is synced on its own.
+var errNoShared = errors.New("no shared sync for this file")
+
 // Written returns once f, a file just written in dir and not yet visible
 // under its final name, is on disk: synced on its own (Files, or Auto on a
-// busy system), or covered by a sync of the file system that started
-// after the call.
+// busy system), or covered by a sync of its file system that started after
+// the call, then checked for write errors of its own.
 func Written(f *os.File, dir string, mode Mode) error {
 	if mode != Files {
-		fs, err := fileSystemOf(dir, mode == Auto)
-		if err == nil {
-			err = fs.Sync()
-		}
-		if !errors.Is(err, ErrBusy) {
+		err := sharedSync(f, dir, mode == Auto)
+		if !errors.Is(err, ErrBusy) && !errors.Is(err, errNoShared) {
 			return err
 		}
 	}
@@ -99,46 +100,36 @@ func Written(f *os.File, dir string, mode Mode) error {
 	return nil
 }
 
-// fileSystems holds one group syncer per file system (by device) and
-// mode, shared by every caller on it; folderOn caches, per mode (Auto or
-// not), the syncer of each folder asked for (bounded by the folders in use:
-// mailboxes, spools).
-var (
-	fileSystems sync.Map    // fsKey -> *Folder
-	folderOn    [2]sync.Map // folder -> *Folder
-)
+// fileSystems holds one group syncer per file system (by device) and mode
+// (Auto or not), shared by every caller on it.
+var fileSystems [2]sync.Map // device -> *Folder
 
-type fsKey struct {
-	dev  uint64
-	auto bool
-}
-
-func fileSystemOf(dir string, auto bool) (*Folder, error) {
-	cache := &folderOn[0]
+// fileSystem returns the syncer of the file system dev, dir being a folder
+// on it (opened, and kept open, the first time).
+func fileSystem(dev uint64, dir string, auto bool) (*Folder, error) {
+	cache := &fileSystems[0]
 	if auto {
-		cache = &folderOn[1]
+		cache = &fileSystems[1]
 	}
-	if v, ok := cache.Load(dir); ok {
+	if v, ok := cache.Load(dev); ok {
 		return v.(*Folder), nil
 	}
-	dev, err := device(dir)
+	var busy func() bool
+	if auto {
+		busy = recentlyBusy()
+	}
+	f, err := NewFileSystem(dir, busy, callFileSystemSyncHook)
 	if err != nil {
 		return nil, err
 	}
-	key := fsKey{dev: dev, auto: auto}
-	v, ok := fileSystems.Load(key)
-	if !ok {
-		var busy func() bool
-		if auto {
-			busy = recentlyBusy()
-		}
-		f, err := NewFileSystem(dir, busy, callFileSystemSyncHook)
-		if err != nil {
-			return nil, err
-		}
-		v, _ = fileSystems.LoadOrStore(key, f)
+	if f.dev != dev { // something was mounted there since the file was made
+		f.close()
+		return nil, errNoShared
 	}
-	cache.Store(dir, v)
+	v, loaded := cache.LoadOrStore(dev, f)
+	if loaded {
+		f.close()
+	}
 	return v.(*Folder), nil
 }
 
