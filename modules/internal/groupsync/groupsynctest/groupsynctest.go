@@ -38,13 +38,16 @@ func (l *Log) tick() int { l.clock++; return l.clock }
 func (l *Log) Visible(path string) { l.mu.Lock(); l.visible[path] = l.tick(); l.mu.Unlock() }
 
 // Sync records the start or the end of a sync of dir (the sync hook).
-func (l *Log) Sync(dir string, start bool) {
+func (l *Log) Sync(dir string, start bool) { l.span(l.open, &l.syncs, dir, start) }
+
+// span records the start (in open) or the end (a span in spans) of a sync.
+func (l *Log) span(open map[string]int, spans *[]span, dir string, start bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if start {
-		l.open[dir] = l.tick()
+		open[dir] = l.tick()
 	} else {
-		l.syncs = append(l.syncs, span{l.open[dir], l.tick()})
+		*spans = append(*spans, span{open[dir], l.tick()})
 	}
 }
 
@@ -78,15 +81,7 @@ func (l *Log) Written(path string) { l.mu.Lock(); l.written[path] = l.tick(); l.
 
 // FileSystemSync records the start or the end of a sync of a whole file
 // system.
-func (l *Log) FileSystemSync(dir string, start bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if start {
-		l.fsOpen[dir] = l.tick()
-	} else {
-		l.fsSyncs = append(l.fsSyncs, span{l.fsOpen[dir], l.tick()})
-	}
-}
+func (l *Log) FileSystemSync(dir string, start bool) { l.span(l.fsOpen, &l.fsSyncs, dir, start) }
 
 // FileSystemSyncs is how many file system syncs ended.
 func (l *Log) FileSystemSyncs() int { l.mu.Lock(); defer l.mu.Unlock(); return len(l.fsSyncs) }
