@@ -155,3 +155,34 @@ func deliverAtOnce(t *testing.T, m *Maildir, n int, log *groupsynctest.Log) map[
 	}
 	return files
 }
+
+// TestFileSystemSyncOncePerMessage (sync file_system): the copies of one
+// message to three mailboxes share one file system sync, and each is
+// synced before it becomes visible.
+func TestFileSystemSyncOncePerMessage(t *testing.T) {
+	if !groupsync.FileSystemSupported() {
+		t.Skip("no syncfs here")
+	}
+	m := &Maildir{root: t.TempDir(), hostname: "h", JunkFolder: "Junk", unnamed: true, sync: groupsync.FileSystem}
+	log := hookLog(t)
+	var rcpts []smtpapp.Recipient
+	for _, u := range []string{"alice", "bob", "carol"} {
+		rcpts = append(rcpts, smtpapp.Recipient{Address: u + "@example.test", Mailbox: u + "@example.test"})
+	}
+	env := &smtpapp.Envelope{ID: "1", From: "a@example.org", Recipients: rcpts}
+	if err := m.Deliver(context.Background(), env, smtpapp.NewMessage([]byte("Subject: 1\r\n\r\nhi\r\n"))); err != nil {
+		t.Fatal(err)
+	}
+	log.Returned("1")
+	for _, u := range []string{"alice", "bob", "carol"} {
+		paths, _ := filepath.Glob(filepath.Join(m.root, "example.test", u, "new", "*"))
+		if len(paths) != 1 {
+			t.Fatalf("%s: %d files", u, len(paths))
+		}
+		log.SyncedBeforeVisible(t, paths[0])
+		log.Covered(t, paths[0], "1")
+	}
+	if n := log.FileSystemSyncs(); n != 1 {
+		t.Fatalf("%d file system syncs for one message to three mailboxes, want 1", n)
+	}
+}

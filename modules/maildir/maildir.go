@@ -233,17 +233,26 @@ func (m *Maildir) Stage(ctx context.Context, env *smtpapp.Envelope, msg *smtpapp
 	return commit, abort, nil
 }
 
-// syncStaged syncs the unnamed copies stage wrote (groupsync.Written:
-// concurrent deliveries share a file system sync, in sync file_system or
-// auto), each before it can become visible.
+// syncStaged syncs the unnamed copies stage wrote, each before it can
+// become visible (groupsync.WrittenAll: in sync file_system or auto, one
+// shared sync of each file system covers the copies on it, and concurrent
+// deliveries share it too).
 func (m *Maildir) syncStaged(staged []*stagedFile) error {
+	var files []*os.File
+	var dirs []string
 	for _, sf := range staged {
-		if !sf.unsynced {
-			continue
+		if sf.unsynced {
+			files = append(files, sf.f)
+			dirs = append(dirs, filepath.Dir(filepath.Dir(sf.dst)))
 		}
-		if err := groupsync.Written(sf.f, filepath.Dir(filepath.Dir(sf.dst)), m.sync); err != nil {
-			return err
-		}
+	}
+	if len(files) == 0 {
+		return nil
+	}
+	if err := groupsync.WrittenAll(files, dirs, m.sync); err != nil {
+		return err
+	}
+	for _, sf := range staged {
 		sf.unsynced = false
 	}
 	return nil

@@ -11,24 +11,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sharedSync covers f, written in dir, by a group sync of its file system
-// (f's own, whatever dir has become since), then asks f itself whether its
-// write-back failed: syncfs reports an error once per descriptor, to the
-// batch whose sync saw it, and a write of f's pages by an earlier batch's
-// sync that failed would leave f's own sync returning success.
-func sharedSync(f *os.File, dir string, auto bool) error {
+// deviceOf is the file system (device) that holds f, whatever its folder
+// has become since f was made.
+func deviceOf(f *os.File) (uint64, error) {
 	fi, err := f.Stat()
 	if err != nil {
-		return errNoShared
+		return 0, err
 	}
-	fs, err := fileSystem(uint64(fi.Sys().(*syscall.Stat_t).Dev), dir, auto)
-	if err != nil {
-		return errNoShared
-	}
-	if err := fs.Sync(); err != nil {
-		return err
-	}
-	return checkWritten(f)
+	return uint64(fi.Sys().(*syscall.Stat_t).Dev), nil
 }
 
 // checkWritten writes and waits for whatever of f is still dirty (nothing,

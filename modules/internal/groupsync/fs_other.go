@@ -21,8 +21,10 @@ func (fsSync) run(dir string) error { return errors.ErrUnsupported }
 
 func (fsSync) close() {}
 
-// sharedSync: no shared sync here; Written syncs each file.
-func sharedSync(f *os.File, dir string, auto bool) error { return errNoShared }
+// deviceOf cannot tell here: WrittenAll syncs each file.
+func deviceOf(f *os.File) (uint64, error) { return 0, errNoShared }
+
+func checkWritten(f *os.File) error { return errors.ErrUnsupported }
 
 // Unwritten cannot tell here.
 func Unwritten() (int64, bool) { return 0, false }

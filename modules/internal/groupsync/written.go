@@ -85,17 +85,56 @@ var errNoShared = errors.New("no shared sync for this file")
 // busy system), or covered by a sync of its file system that started after
 // the call, then checked for write errors of its own.
 func Written(f *os.File, dir string, mode Mode) error {
+	return WrittenAll([]*os.File{f}, []string{dir}, mode)
+}
+
+// WrittenAll is Written for several files at once (the copies of one
+// message), files[i] written in dirs[i]: one shared sync per file system
+// covers all of its files.
+//
+// After a shared sync each file is asked for its own write errors
+// (checkWritten): syncfs reports an error once per descriptor, to the
+// batch whose sync saw it, so a failed write of this file's pages by an
+// earlier batch's sync would leave this batch's sync returning success.
+func WrittenAll(files []*os.File, dirs []string, mode Mode) error {
+	alone := files // synced one by one
 	if mode != Files {
-		err := sharedSync(f, dir, mode == Auto)
-		if !errors.Is(err, ErrBusy) && !errors.Is(err, errNoShared) {
-			return err
+		alone = nil
+		done := map[uint64]error{} // by device: the shared sync's outcome
+		for i, f := range files {
+			dev, err := deviceOf(f)
+			if err != nil {
+				err = errNoShared
+			} else {
+				shared, ok := done[dev]
+				if !ok {
+					var fs *Folder
+					if fs, shared = fileSystem(dev, dirs[i], mode == Auto); shared == nil {
+						shared = fs.Sync()
+					}
+					done[dev] = shared
+				}
+				err = shared
+			}
+			switch {
+			case err == nil:
+				if err := checkWritten(f); err != nil {
+					return err
+				}
+			case errors.Is(err, ErrBusy) || errors.Is(err, errNoShared):
+				alone = append(alone, f)
+			default:
+				return err
+			}
 		}
 	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if FileSyncHook != nil {
-		FileSyncHook(f.Name())
+	for _, f := range alone {
+		if err := f.Sync(); err != nil {
+			return err
+		}
+		if FileSyncHook != nil {
+			FileSyncHook(f.Name())
+		}
 	}
 	return nil
 }
@@ -105,7 +144,7 @@ func Written(f *os.File, dir string, mode Mode) error {
 var fileSystems [2]sync.Map // device -> *Folder
 
 // fileSystem returns the syncer of the file system dev, dir being a folder
-// on it (opened, and kept open, the first time).
+// on it (opened, and kept open, the first time), or errNoShared.
 func fileSystem(dev uint64, dir string, auto bool) (*Folder, error) {
 	cache := &fileSystems[0]
 	if auto {
@@ -120,7 +159,7 @@ func fileSystem(dev uint64, dir string, auto bool) (*Folder, error) {
 	}
 	f, err := NewFileSystem(dir, busy, callFileSystemSyncHook)
 	if err != nil {
-		return nil, err
+		return nil, errNoShared
 	}
 	if f.dev != dev { // something was mounted there since the file was made
 		f.close()
