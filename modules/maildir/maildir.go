@@ -24,6 +24,7 @@ import (
 
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/caddyargs"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/groupsync"
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -95,6 +96,9 @@ func (Maildir) CaddyModule() caddy.ModuleInfo {
 // Provision checks the config and creates the root.
 func (m *Maildir) Provision(ctx caddy.Context) error {
 	m.logger = ctx.Logger()
+	if err := promreg.Register(ctx.GetMetricsRegistry(), groupsync.Collectors()...); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
 	if m.Root == "" {
 		return fmt.Errorf("root: the Maildir root folder is required")
 	}

@@ -3,6 +3,7 @@ package queue
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/caddy-smtp/caddy-smtp/modules/internal/groupsync"
 	"github.com/caddy-smtp/caddy-smtp/modules/internal/promreg"
 )
 
@@ -46,6 +47,6 @@ var (
 )
 
 func registerMetrics(reg prometheus.Registerer) error {
-	return promreg.Register(reg, metricQueued, metricDeliveries, metricDSN, metricSessions, metricConnReuses,
-		metricTLSDeliveries, metricTLSFailures, metricTLSReports)
+	return promreg.Register(reg, append([]prometheus.Collector{metricQueued, metricDeliveries, metricDSN, metricSessions, metricConnReuses,
+		metricTLSDeliveries, metricTLSFailures, metricTLSReports}, groupsync.Collectors()...)...)
 }

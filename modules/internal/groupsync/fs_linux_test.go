@@ -4,6 +4,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 func TestKernelAtLeast(t *testing.T) {
@@ -88,14 +91,30 @@ func TestWrittenSharedChecksTheFile(t *testing.T) {
 	syncs := 0
 	FileSystemSyncHook = func(string, bool) { syncs++ }
 	defer func() { FileSystemSyncHook = nil }()
+	shared, synced := value(metricFiles.WithLabelValues("shared")), value(metricFileSystemSyncs.WithLabelValues("synced"))
 	if err := Written(f, dir, FileSystem); err != nil {
 		t.Fatal(err)
 	}
 	if syncs != 2 {
 		t.Fatalf("hook called %d times, want a start and an end", syncs)
 	}
+	if d := value(metricFiles.WithLabelValues("shared")) - shared; d != 1 {
+		t.Errorf("durable_files_total{how=shared} went up by %v, want 1", d)
+	}
+	if d := value(metricFileSystemSyncs.WithLabelValues("synced")) - synced; d != 1 {
+		t.Errorf("file_system_syncs_total{result=synced} went up by %v, want 1", d)
+	}
 	f.Close()
 	if err := checkWritten(f); err == nil {
 		t.Fatal("checkWritten of a closed file: no error")
 	}
+}
+
+// value reads a counter.
+func value(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		panic(err)
+	}
+	return m.GetCounter().GetValue()
 }

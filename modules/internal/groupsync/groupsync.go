@@ -110,6 +110,9 @@ func (f *Folder) lead() {
 			f.hook(f.dir, false)
 		}
 	}
+	if f.close != nil { // a file system syncer
+		countFileSystemSync(b.err)
+	}
 	close(b.done)
 
 	f.mu.Lock()

@@ -121,6 +121,7 @@ func WrittenAll(files []*os.File, dirs []string, mode Mode) error {
 				if err := checkWritten(f); err != nil {
 					return err
 				}
+				metricFiles.WithLabelValues("shared").Inc()
 			case errors.Is(err, ErrBusy) || errors.Is(err, errNoShared):
 				alone = append(alone, f)
 			default:
@@ -132,6 +133,7 @@ func WrittenAll(files []*os.File, dirs []string, mode Mode) error {
 		if err := f.Sync(); err != nil {
 			return err
 		}
+		metricFiles.WithLabelValues("alone").Inc()
 		if FileSyncHook != nil {
 			FileSyncHook(f.Name())
 		}
@@ -200,4 +202,15 @@ func callFileSystemSyncHook(dir string, start bool) {
 	if FileSystemSyncHook != nil {
 		FileSystemSyncHook(dir, start)
 	}
+}
+
+// countFileSystemSync counts one shared sync (or its skip) by its leader.
+func countFileSystemSync(err error) {
+	result := "synced"
+	if errors.Is(err, ErrBusy) {
+		result = "busy"
+	} else if err != nil {
+		result = "failed"
+	}
+	metricFileSystemSyncs.WithLabelValues(result).Inc()
 }
