@@ -20,7 +20,7 @@ import (
 // make one with New.
 type Folder struct {
 	dir     string
-	sync    func(dir string) error // Dir or FileSystem
+	sync    func(dir string) error // Dir, or a file system's syncfs
 	busy    func() bool            // if set and true, skip the sync: ErrBusy
 	hook    func(dir string, start bool)
 	dev     uint64 // file system syncers: the device
