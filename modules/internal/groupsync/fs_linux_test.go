@@ -91,14 +91,14 @@ func TestWrittenSharedChecksTheFile(t *testing.T) {
 	syncs := 0
 	FileSystemSyncHook = func(string, bool) { syncs++ }
 	defer func() { FileSystemSyncHook = nil }()
-	shared, synced := value(metricFiles.WithLabelValues("shared")), value(metricFileSystemSyncs.WithLabelValues("synced"))
+	shared, synced := value(filesShared), value(metricFileSystemSyncs.WithLabelValues("synced"))
 	if err := Written(f, dir, FileSystem); err != nil {
 		t.Fatal(err)
 	}
 	if syncs != 2 {
 		t.Fatalf("hook called %d times, want a start and an end", syncs)
 	}
-	if d := value(metricFiles.WithLabelValues("shared")) - shared; d != 1 {
+	if d := value(filesShared) - shared; d != 1 {
 		t.Errorf("durable_files_total{how=shared} went up by %v, want 1", d)
 	}
 	if d := value(metricFileSystemSyncs.WithLabelValues("synced")) - synced; d != 1 {

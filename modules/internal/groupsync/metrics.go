@@ -16,6 +16,12 @@ var (
 	}, []string{"result"})
 )
 
+// The counters a message's sync touches, looked up once.
+var (
+	filesAlone  = metricFiles.WithLabelValues("alone")
+	filesShared = metricFiles.WithLabelValues("shared")
+)
+
 // Collectors are this package's metrics, for the modules to register.
 func Collectors() []prometheus.Collector {
 	return []prometheus.Collector{metricFiles, metricFileSystemSyncs}

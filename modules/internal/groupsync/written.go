@@ -121,7 +121,7 @@ func WrittenAll(files []*os.File, dirs []string, mode Mode) error {
 				if err := checkWritten(f); err != nil {
 					return err
 				}
-				metricFiles.WithLabelValues("shared").Inc()
+				filesShared.Inc()
 			case errors.Is(err, ErrBusy) || errors.Is(err, errNoShared):
 				alone = append(alone, f)
 			default:
@@ -133,7 +133,7 @@ func WrittenAll(files []*os.File, dirs []string, mode Mode) error {
 		if err := f.Sync(); err != nil {
 			return err
 		}
-		metricFiles.WithLabelValues("alone").Inc()
+		filesAlone.Inc()
 		if FileSyncHook != nil {
 			FileSyncHook(f.Name())
 		}
