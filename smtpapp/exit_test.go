@@ -1,7 +1,6 @@
 package smtpapp_test
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -54,15 +53,8 @@ func TestExitEndsSessions(t *testing.T) {
 	sending.Expect("EHLO client.example.org", 250)
 	sending.StartMessage("sender@example.org", "alice@example.test")
 	sending.Send("Subject: cut by the exit\r\n\r\nfirst half\r\n")
-	// Still in the connect phase, waiting for its greeting.
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
-	raw, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { raw.Close() })
-	greeting := &testenv.Client{T: t, Conn: raw, R: bufio.NewReader(raw)}
-	time.Sleep(100 * time.Millisecond) // the body is read and waiting, the tarpit holds the greeting
+	greeting := testenv.DialFromNoGreeting(t, "127.0.0.2", addr) // held by the tarpit before its greeting
+	time.Sleep(100 * time.Millisecond)                           // the body is read and waiting, the tarpit holds the greeting
 
 	start := terminate(t, p)
 	expect := func(name string, c *testenv.Client, code int, enhanced string) {

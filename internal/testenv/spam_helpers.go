@@ -15,14 +15,21 @@ import (
 // different client IPs, and reads the greeting.
 func DialFrom(t testing.TB, from, addr string) (*Client, Reply) {
 	t.Helper()
+	c := DialFromNoGreeting(t, from, addr)
+	return c, c.Read()
+}
+
+// DialFromNoGreeting is DialFrom without reading anything (a client held
+// before its greeting, say).
+func DialFromNoGreeting(t testing.TB, from, addr string) *Client {
+	t.Helper()
 	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
 	conn, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatalf("dial %s from %s: %v", addr, from, err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	c := &Client{T: t, Conn: conn, R: bufio.NewReader(conn)}
-	return c, c.Read()
+	return &Client{T: t, Conn: conn, R: bufio.NewReader(conn)}
 }
 
 // SpamMXApp is the smtp app config of an inbound MX for example.test on
