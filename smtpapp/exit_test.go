@@ -53,8 +53,9 @@ func TestExitEndsSessions(t *testing.T) {
 	sending.Expect("EHLO client.example.org", 250)
 	sending.StartMessage("sender@example.org", "alice@example.test")
 	sending.Send("Subject: cut by the exit\r\n\r\nfirst half\r\n")
-	greeting := testenv.DialFromNoGreeting(t, "127.0.0.2", addr) // held by the tarpit before its greeting
-	time.Sleep(100 * time.Millisecond)                           // the body is read and waiting, the tarpit holds the greeting
+	// Held by the tarpit before its greeting.
+	greeting := testenv.DialFromNoGreeting(t, "127.0.0.2", addr)
+	time.Sleep(100 * time.Millisecond) // the body is read and waiting, the greeting held
 
 	start := terminate(t, p)
 	expect := func(name string, c *testenv.Client, code int, enhanced string) {
