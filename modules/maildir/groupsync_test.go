@@ -77,6 +77,7 @@ func TestAutoSyncsEachCopyWhenBusy(t *testing.T) {
 	const n = 16
 	files := deliverAtOnce(t, m, n, log)
 	for path, key := range files {
+		log.SyncedAloneBeforeVisible(t, strings.SplitN(filepath.Base(path), ",", 2)[0], path)
 		log.Covered(t, path, key)
 	}
 	if log.FileSystemSyncs() != 0 || fileSyncs.Load() != n {
@@ -109,7 +110,12 @@ func hookLog(t *testing.T) *groupsynctest.Log {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	groupsync.FileSyncHook = func(string) { fileSyncs.Add(1) }
+	groupsync.FileSyncHook = func(name string) {
+		fileSyncs.Add(1)
+		// "tmp/(unnamed <base>)": the copy's base, which its final name starts with
+		_, base, _ := strings.Cut(strings.TrimSuffix(filepath.Base(name), ")"), "(unnamed ")
+		log.SyncedAlone(base)
+	}
 	t.Cleanup(func() {
 		linkHook, syncHook, writeHook, groupsync.FileSystemSyncHook, groupsync.FileSyncHook = nil, nil, nil, nil, nil
 		fileSyncs.Store(0)

@@ -310,7 +310,7 @@ func (m *Maildir) stage(dir string, env *smtpapp.Envelope, r smtpapp.Recipient, 
 		if !m.unnamed {
 			return nil, errNoUnnamed
 		}
-		return openUnnamed(filepath.Join(dir, "tmp"))
+		return openUnnamed(filepath.Join(dir, "tmp"), base)
 	}
 	openNamed := func() (*os.File, error) { // no O_TMPFILE: the classic tmp/ file
 		sf.tmp = filepath.Join(dir, "tmp", base)

@@ -4,6 +4,6 @@ package maildir
 
 import "os"
 
-func openUnnamed(dir string) (*os.File, error) { return nil, errNoUnnamed }
+func openUnnamed(dir, base string) (*os.File, error) { return nil, errNoUnnamed }
 
 func linkUnnamed(f *os.File, dst string) error { return errNoUnnamed }

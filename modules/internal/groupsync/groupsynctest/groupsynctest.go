@@ -19,6 +19,7 @@ type Log struct {
 	syncs    []span
 	returned map[string]int
 	written  map[string]int
+	alone    map[string]int
 	fsOpen   map[string]int
 	fsSyncs  []span
 }
@@ -28,7 +29,7 @@ type span struct{ start, end int }
 // New returns an empty Log.
 func New() *Log {
 	return &Log{visible: map[string]int{}, open: map[string]int{}, returned: map[string]int{},
-		written: map[string]int{}, fsOpen: map[string]int{}}
+		written: map[string]int{}, alone: map[string]int{}, fsOpen: map[string]int{}}
 }
 
 func (l *Log) tick() int { l.clock++; return l.clock }
@@ -102,4 +103,20 @@ func (l *Log) SyncedBeforeVisible(t testing.TB, path string) {
 		}
 	}
 	t.Fatalf("%s (written at %d, visible at %d): no file system sync in between", path, w, v)
+}
+
+// SyncedAlone records that the file known as key was synced on its own
+// (an fsync; the file has no final path yet).
+func (l *Log) SyncedAlone(key string) { l.mu.Lock(); l.alone[key] = l.tick(); l.mu.Unlock() }
+
+// SyncedAloneBeforeVisible fails t unless the file known as key was
+// synced on its own before it became visible at path.
+func (l *Log) SyncedAloneBeforeVisible(t testing.TB, key, path string) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s, v := l.alone[key], l.visible[path]
+	if s == 0 || v == 0 || s > v {
+		t.Fatalf("%s: synced alone at %d, visible at %d", path, s, v)
+	}
 }
